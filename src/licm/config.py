@@ -1,0 +1,192 @@
+"""Load, validate and resolve `params.yaml`, the single source of every number.
+
+Loading is strict on purpose: a typo in a key silently falling back to a default would
+make a run look like the paper's configuration when it is not. Every error names the key,
+what was expected and what was given.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+PROFILES = ("paper", "quick", "smoke")
+
+
+class LicmError(Exception):
+    """A failure meant for the user (bad data, params, device); the CLI prints it without a traceback."""
+
+
+class ParamsError(LicmError, ValueError):
+    """params.yaml (or an override of it) does not satisfy the schema."""
+
+
+def schema() -> dict:
+    """The JSON schema shipped inside the package (workflow/schemas links to it)."""
+    text = resources.files("licm").joinpath("schema/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _expected(error: jsonschema.ValidationError) -> str:
+    v, val = error.validator, error.validator_value
+    words = {
+        "minimum": f"a number >= {val}",
+        "maximum": f"a number <= {val}",
+        "exclusiveMinimum": f"a number > {val}",
+        "exclusiveMaximum": f"a number < {val}",
+        "enum": f"one of {val}",
+        "type": f"a value of type {val}",
+        "pattern": f"a string matching {val!r}",
+        "minItems": f"at least {val} item(s)",
+        "maxItems": f"at most {val} item(s)",
+        "uniqueItems": "items without repetition",
+        "minLength": f"a string of at least {val} character(s)",
+        "minProperties": f"at least {val} entr(y/ies)",
+    }
+    return words.get(v, f"{v}: {val}")
+
+
+def _format(error: jsonschema.ValidationError, source: str) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        keys = ", ".join(_key([*error.absolute_path, k]) for k in unknown)
+        return f"{source}: unknown key {keys}; expected one of {allowed}"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        keys = ", ".join(_key([*error.absolute_path, k]) for k in missing)
+        return f"{source}: missing key {keys}; expected it to be set (see params.yaml for the default)"
+    if error.validator == "propertyNames":
+        return f"{source}: key {_key(error.absolute_path)}: expected names matching {error.validator_value}, given {error.instance!r}"
+    return (f"{source}: key {_key(error.absolute_path)}: expected {_expected(error)}, "
+            f"given {error.instance!r}")
+
+
+def validate(params: dict, source: str = "params.yaml") -> None:
+    """Raise ParamsError naming key, expectation and value for the first problem found."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ParamsError(_format(errors[0], source))
+    _check_references(params, source)
+
+
+def _check_references(params: dict, source: str) -> None:
+    """Cross-key checks a JSON schema cannot express: names must exist."""
+    from licm.mechanisms import REGISTRY
+
+    for domain, names in params["domains"].items():
+        for i, name in enumerate(names):
+            if name not in REGISTRY:
+                raise ParamsError(f"{source}: key domains.{domain}.{i}: expected a registered mechanism "
+                                  f"(one of {sorted(REGISTRY)}), given {name!r}")
+    for i, domain in enumerate(params["data"]["prepare"]):
+        if domain not in params["domains"]:
+            raise ParamsError(f"{source}: key data.prepare.{i}: expected one of {sorted(params['domains'])}, "
+                              f"given {domain!r}")
+    dw, dc = params["model"]["disc_widths"], params["model"]["disc_convs"]
+    if len(dw) != len(dc):
+        raise ParamsError(f"{source}: key model.disc_convs: expected {len(dw)} entries (one per disc_widths stage), "
+                          f"given {dc!r}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return base with override merged in; nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_profile(name: str) -> str:
+    """`auto` means the paper's scale where a GPU can carry it, the quick one elsewhere."""
+    if name == "auto":
+        return "paper" if cuda_available() else "quick"
+    return name
+
+
+def load(path: str | os.PathLike = "params.yaml", profile: str | None = None,
+         overrides: dict | None = None) -> dict:
+    """Read params.yaml, validate it, apply the selected profile, validate again.
+
+    The result has `profile` replaced by the concrete profile that was applied, so
+    every run records which scale it ran at.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such parameter file; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: key <top level>: expected a mapping, given {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    if profile is not None:
+        raw["profile"] = profile
+    validate(raw, str(path))
+    chosen = resolve_profile(raw["profile"])
+    merged = deep_merge(raw, raw.get("profiles", {}).get(chosen, {}))
+    merged["profile"] = chosen
+    validate(merged, f"{path} (profile {chosen})")
+    return merged
+
+
+def experiment(params: dict, name: str) -> dict:
+    """Params of one named experiment: its overrides merged over the base blocks."""
+    if name not in params["experiments"]:
+        raise ParamsError(f"params.yaml: key experiments.{name}: expected one of "
+                          f"{sorted(params['experiments'])}, given {name!r}")
+    overrides = params["experiments"][name].get("overrides", {})
+    merged = deep_merge(params, overrides)
+    validate(merged, f"params.yaml (experiment {name})")
+    return merged
+
+
+def params_hash(params: dict) -> str:
+    """A short stable hash of resolved params, for the report banner and run folders."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def data_mirror(params: dict) -> Path | None:
+    """The mirror folder: the `data.mirror` parameter first, then LICM_DATA_MIRROR."""
+    value = params["data"]["mirror"] or os.environ.get("LICM_DATA_MIRROR") or None
+    return Path(value) if value else None
+
+
+def device(spec: str = "auto"):
+    """Resolve `auto | cpu | cuda | cuda:N` to a torch.device, failing loudly when CUDA is missing."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ParamsError(f"device: expected a machine with a CUDA GPU for {spec!r}, given none "
+                              "(torch.cuda.is_available() is False); use device: auto or cpu")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ParamsError(f"device: expected a GPU index below {torch.cuda.device_count()}, given {spec!r}")
+    return torch.device(spec)
