@@ -52,15 +52,20 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_mnist(folder: Path, fix: str) -> None:
-    """Check size and sha256 of the four decompressed MNIST files in `folder`."""
+def verify_mnist(folder: Path, fix: str, origin: Path | None = None) -> None:
+    """Check size and sha256 of the four decompressed MNIST files in `folder`.
+
+    `origin` names the folder the files were decompressed from, so errors point at the
+    file the user can fix rather than at a temporary copy.
+    """
     for name, (size, digest) in MNIST_FILES.items():
-        path = folder / name
-        if not path.is_file():
+        path = folder / name if origin is None else Path(f"{origin / name}.gz (decompressed)")
+        if not (folder / name).is_file():
             raise DataError(f"{path}: missing. Fix: {fix}")
-        if path.stat().st_size != size:
-            raise DataError(f"{path}: {path.stat().st_size} bytes, expected {size} (truncated or wrong file). Fix: {fix}")
-        if sha256(path) != digest:
+        actual = (folder / name).stat().st_size
+        if actual != size:
+            raise DataError(f"{path}: {actual} bytes, expected {size} (truncated or wrong file). Fix: {fix}")
+        if sha256(folder / name) != digest:
             raise DataError(f"{path}: sha256 mismatch (corrupt file). Fix: {fix}")
 
 
@@ -79,7 +84,7 @@ def _mnist_from_mirror(mirror: Path, dest: Path) -> None:
         if not src.is_file():
             raise DataError(f"{src}: missing from the mirror. Fix: {fix}, or unset the mirror to download")
         _gunzip(src, dest / name, fix)
-    verify_mnist(dest, fix)
+    verify_mnist(dest, fix, origin=mirror / "mnist")
 
 
 def _mnist_download(dest_root: Path) -> None:
@@ -95,16 +100,17 @@ def _mnist_download(dest_root: Path) -> None:
     verify_mnist(dest_root / "MNIST" / "raw", fix)
 
 
-def _check_zip(path: Path, fix: str, digest: str | None) -> None:
+def _check_zip(path: Path, fix: str, digest: str | None, shown: Path | None = None) -> None:
+    shown = shown or path
     if digest is not None and sha256(path) != digest:
-        raise DataError(f"{path}: sha256 mismatch (corrupt or truncated archive). Fix: {fix}")
+        raise DataError(f"{shown}: sha256 mismatch (corrupt or truncated archive). Fix: {fix}")
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except zipfile.BadZipFile as exc:
-        raise DataError(f"{path}: not a valid zip archive ({exc}). Fix: {fix}") from exc
+        raise DataError(f"{shown}: not a valid zip archive ({exc}). Fix: {fix}") from exc
     if bad is not None:
-        raise DataError(f"{path}: member {bad} is corrupt. Fix: {fix}")
+        raise DataError(f"{shown}: member {bad} is corrupt. Fix: {fix}")
 
 
 def _omniglot(params: dict, mirror: Path | None, dest: Path) -> None:
@@ -116,7 +122,9 @@ def _omniglot(params: dict, mirror: Path | None, dest: Path) -> None:
         if not src.is_file():
             raise DataError(f"{src}: missing from the mirror. Fix: {fix}")
         shutil.copyfile(src, target)
+        shown = src
     else:
+        shown = None
         from torchvision.datasets.utils import download_url
 
         fix = "check the network, or give a mirror folder (data.mirror or LICM_DATA_MIRROR)"
@@ -124,7 +132,7 @@ def _omniglot(params: dict, mirror: Path | None, dest: Path) -> None:
             download_url(OMNIGLOT_URL.format(name=name), str(dest), filename=target.name)
         except Exception as exc:
             raise DataError(f"Omniglot download of {name}.zip failed ({exc}). Fix: {fix}") from exc
-    _check_zip(target, fix, OMNIGLOT_SHA256.get(name))
+    _check_zip(target, fix, OMNIGLOT_SHA256.get(name), shown)
 
 
 def fetch(params: dict) -> Path:
