@@ -19,8 +19,16 @@ install: $(BIN)/licm
 test: install
 	$(BIN)/python -m pytest -q
 
+# PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
+# PROFILE=paper|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.
+PROFILE ?=
 report: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) report
+	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -c "import yaml; from licm import config as c; \
+	asked = '$(PROFILE)' or yaml.safe_load(open('params.yaml'))['profile']; p = c.resolve_profile(asked); \
+	why = 'CUDA GPU found' if p == 'paper' else 'no CUDA GPU'; \
+	print(f'make report: profile {p} (' + (why if asked == 'auto' else 'asked for') + '; force one with make report PROFILE=paper|quick|smoke)')"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) report \
+	  $(if $(PROFILE),--config profile=$(PROFILE),)
 
 lock: install
 	( sed -n '1,3p' requirements.lock; $(BIN)/pip freeze --exclude-editable ) > requirements.lock.new

@@ -18,6 +18,8 @@ import jsonschema
 import yaml
 
 PROFILES = ("paper", "quick", "smoke")
+# Keys of a profile block that steer the pipeline (which runs exist) instead of being merged.
+PIPELINE_KEYS = ("max_seeds", "only_experiments")
 
 
 class LicmError(Exception):
@@ -147,7 +149,8 @@ def load(path: str | os.PathLike = "params.yaml", profile: str | None = None,
         raw["profile"] = profile
     validate(raw, str(path))
     chosen = resolve_profile(raw["profile"])
-    merged = deep_merge(raw, raw.get("profiles", {}).get(chosen, {}))
+    block = {k: v for k, v in raw.get("profiles", {}).get(chosen, {}).items() if k not in PIPELINE_KEYS}
+    merged = deep_merge(raw, block)
     merged["profile"] = chosen
     validate(merged, f"{path} (profile {chosen})")
     return merged
@@ -190,3 +193,36 @@ def device(spec: str = "auto"):
         if index >= torch.cuda.device_count():
             raise ParamsError(f"device: expected a GPU index below {torch.cuda.device_count()}, given {spec!r}")
     return torch.device(spec)
+
+
+# ---------------------------------------------------------------- pipeline (Snakefile, dvc.yaml)
+
+def _profile_setting(params: dict, key: str):
+    return params.get("profiles", {}).get(params["profile"], {}).get(key)
+
+
+def selected_experiments(params: dict) -> list[str]:
+    """Experiments the pipeline trains at the loaded profile (`profiles.<p>.only_experiments`)."""
+    only = _profile_setting(params, "only_experiments")
+    for name in only or []:
+        if name not in params["experiments"]:
+            raise ParamsError(f"params.yaml: key profiles.{params['profile']}.only_experiments: expected names "
+                              f"of experiments ({sorted(params['experiments'])}), given {name!r}")
+    return [n for n in params["experiments"] if only is None or n in only]
+
+
+def seeds(params: dict, name: str) -> list[int]:
+    """Seeds the pipeline runs for experiment `name` at the loaded profile.
+
+    Its `seeds`, capped to the first `profiles.<p>.max_seeds`; none when the profile's
+    `only_experiments` leaves the experiment out.
+    """
+    if name not in params["experiments"]:
+        raise ParamsError(f"params.yaml: key experiments.{name}: expected one of "
+                          f"{sorted(params['experiments'])}, given {name!r}")
+    if name not in selected_experiments(params):
+        return []
+    cap = _profile_setting(params, "max_seeds")
+    all_seeds = list(params["experiments"][name]["seeds"])
+    return all_seeds if cap is None else all_seeds[:cap]
+

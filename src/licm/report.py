@@ -1,0 +1,275 @@
+"""`licm report`: one self-contained HTML page with a section per figure and claim ID.
+
+Inputs (all optional; what is missing is said on the page, never silently left out):
+
+* `report.figures_dir/<ID>.png`: our figure for an ID (copied to `<out>/assets/`);
+* `report.summary` (results/summary.json), written by the evaluation stage, of the shape
+
+      {"<claim or figure ID>": {"numbers": {<name>: <number, string or list>, ...},
+                                "verdict": "reproduced" | "partly reproduced" | "not reproduced" | "not run",
+                                "note": "<the reasoning that decides the verdict>"},
+       "follow-up-question": {"numbers": {...}, "verdict": "<short answer>", "note": "<answer>"},
+       "_meta": {"timings": {"<stage>": <seconds>, ...}}}
+
+  every key optional; an ID without an entry is reported as "not run";
+* `report.runs_dir/<experiment>/seed<k>/{meta,metrics}.json`: the runs table, the timings and
+  the data behind the follow-up question (specialization per experiment);
+* `results/classifier/metrics.json` (classifier accuracy and time).
+
+The page has no external resources (inline CSS, images beside it in assets/), so it opens
+offline. A small inline script records failed images and script errors in `#page-check`
+(the browser test reads it back).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from licm import config, data
+
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run")
+
+# Every ID of shared/FIGURES.md: (id, paper, kind, text, related figure IDs for claims).
+ITEMS: list[dict] = [
+    # LICM figures
+    {"id": "licm-fig1", "paper": "LICM", "kind": "figure", "text": "Problem set-up, drawn from real data: canonical digits (P), one example per mechanism (Q_i), and the expert that inverts it."},
+    {"id": "licm-fig2", "paper": "LICM", "kind": "figure", "text": "One transformed digit fed to every expert: each output with its discriminator score, the winner marked."},
+    {"id": "licm-fig3", "paper": "LICM", "kind": "figure", "text": "16 random transformed test inputs (top row) and the highest-scoring expert's outputs after 1000 iterations (bottom row)."},
+    {"id": "licm-fig4", "paper": "LICM", "kind": "figure", "text": "Discriminator score of every expert over iterations, one panel per mechanism, moving average over 50 iterations, for a typical successful seed."},
+    {"id": "licm-fig5", "paper": "LICM", "kind": "figure", "text": "Proportion of test digits won by each expert for each mechanism: (a) at the start (after approximate identity initialization), (b) after 1000 iterations."},
+    {"id": "licm-fig6", "paper": "LICM", "kind": "figure", "text": "Accuracy of a pretrained MNIST classifier over iterations on: transformed test digits, the winning experts' outputs, the original digits (upper bound)."},
+    {"id": "licm-fig7", "paper": "LICM", "kind": "figure", "text": "Omniglot letters (46x46, never seen in training) transformed by each mechanism (columns) and passed through each expert (rows); the diagonal holds each column's highest-scoring expert."},
+    {"id": "licm-fig8", "paper": "LICM", "kind": "figure", "text": "Omniglot letters transformed by noise, up-left translation and contrast inversion at once, restored by applying the denoising, contrast-inverting and down-right-translating experts in turn; last row the ground truth."},
+    {"id": "licm-fig9", "paper": "LICM", "kind": "figure", "text": "Proportion of data won by each expert per mechanism with too many experts (16, left) and too few (6, right)."},
+    {"id": "licm-table1", "paper": "LICM", "kind": "figure", "text": "Architectures of expert and discriminator, generated from the model code, with parameter counts (paper: ~27K per 32-filter expert)."},
+    # LICM claims
+    {"id": "licm-c1", "paper": "LICM", "kind": "claim", "related": ["licm-fig4", "licm-fig5"], "text": "10 seeds, 2000 iterations each: in 7 of 10 every expert specializes on exactly one mechanism; in the other 3 one expert takes two mechanisms and one takes none."},
+    {"id": "licm-c2", "paper": "LICM", "kind": "claim", "related": ["licm-fig6"], "text": "Classifier accuracy: ~40% on transformed test digits, ~99% on originals; the experts' outputs start at ~40% and come close to the upper bound after about 600 iterations."},
+    {"id": "licm-c3", "paper": "LICM", "kind": "claim", "related": [], "text": "Without approximate identity initialization, 1 of 10 seeds is good (8 experts on one mechanism each); running 10,000 iterations does not help."},
+    {"id": "licm-c4", "paper": "LICM", "kind": "claim", "related": [], "text": "A single network (32, 64 or 128 filters per layer) in place of the committee learns at most one mechanism (contrast inversion)."},
+    {"id": "licm-c5", "paper": "LICM", "kind": "claim", "related": [], "text": "Wider experts (64 or 128 filters) or a larger receptive field (two pooling + two upsampling layers) still specialize, with at most two experts holding two mechanisms each."},
+    {"id": "licm-c6", "paper": "LICM", "kind": "claim", "related": [], "text": "With only 64 canonical examples (instead of 30,000) all experts still specialize, and the classifier reaches 96% on their outputs."},
+    {"id": "licm-c7", "paper": "LICM", "kind": "claim", "related": ["licm-fig9"], "text": "16 experts for 10 mechanisms: each mechanism is won by one expert, the extra experts win nothing, accuracy reaches the upper bound."},
+    {"id": "licm-c8", "paper": "LICM", "kind": "claim", "related": ["licm-fig9"], "text": "6 experts: accuracy stays at or below 72%; the clusters are still meaningful (for example left, down-left and up-left together)."},
+    {"id": "licm-c9", "paper": "LICM", "kind": "claim", "related": ["licm-fig7", "licm-fig8"], "text": "The experts generalize: each applies its mechanism to Omniglot letters, and experts compose to undo combined mechanisms (Fig. 7, 8)."},
+    # EXPAND figures
+    {"id": "expand-fig1", "paper": "EXPAND", "kind": "figure", "text": "Examples of the 10 original transformations (0-7 translations, 8 noise, 9 inversion)."},
+    {"id": "expand-fig2", "paper": "EXPAND", "kind": "figure", "text": "Examples of the expanded domain: rotations by 45°..315° in steps of 45°, horizontal and vertical stretching and compression by a factor of 1.75 (11 mechanisms)."},
+    {"id": "expand-fig3", "paper": "EXPAND", "kind": "figure", "text": "Discriminator architecture diagram, generated from the model code."},
+    {"id": "expand-fig4", "paper": "EXPAND", "kind": "figure", "text": "Expert architecture diagram, generated from the model code."},
+    {"id": "expand-fig5", "paper": "EXPAND", "kind": "figure", "text": "Score of each expert over iterations for each original transformation (running average over 50 iterations)."},
+    {"id": "expand-fig6", "paper": "EXPAND", "kind": "figure", "text": "One input per original transformation (top row) and the highest-scoring expert's output after training (bottom row)."},
+    {"id": "expand-fig7", "paper": "EXPAND", "kind": "figure", "text": "Expert scores over iterations when training with the Wasserstein loss (lower is closer to the canonical distribution)."},
+    {"id": "expand-fig8", "paper": "EXPAND", "kind": "figure", "text": "Score of each expert over iterations for each expanded-domain transformation."},
+    {"id": "expand-fig9", "paper": "EXPAND", "kind": "figure", "text": "One input per expanded-domain transformation and the highest-scoring expert's output after training."},
+    # EXPAND claims
+    {"id": "expand-c1", "paper": "EXPAND", "kind": "claim", "related": ["expand-fig5", "expand-fig6"], "text": "Their baseline (10 runs) did not reproduce LICM: few experts specialized, and those on groups of translations sharing a direction."},
+    {"id": "expand-c2", "paper": "EXPAND", "kind": "claim", "related": ["expand-fig7"], "text": "Wasserstein loss, two time-scale update rule and one-sided label smoothing did not improve their results."},
+    {"id": "expand-c3", "paper": "EXPAND", "kind": "claim", "related": ["expand-fig8", "expand-fig9"], "text": "On the expanded domain only one expert specialized and won every transformation."},
+]
+IDS = [item["id"] for item in ITEMS]
+FOLLOW_UP_ID = "follow-up-question"
+FOLLOW_UP_TEXT = ("EXPAND leaves open: with a faithful implementation, do the experts specialize on the expanded "
+                  "domain, and what made EXPAND's baseline fail?")
+
+
+# ---------------------------------------------------------------- gathering
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def git_commit(repo: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo or Path.cwd(), capture_output=True,
+                             text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo or Path.cwd(),
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + (" (uncommitted changes)" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _seconds(meta: dict) -> float | None:
+    try:
+        t0 = datetime.fromisoformat(meta["started"])
+        t1 = datetime.fromisoformat(meta["finished"])
+        return (t1 - t0).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def collect_runs(runs_dir: Path) -> list[dict]:
+    """One row per run folder: experiment, seed, finished?, specialization numbers, seconds, device."""
+    rows = []
+    if not runs_dir.is_dir():
+        return rows
+    for meta_path in sorted(runs_dir.glob("*/seed*/meta.json")):
+        run = meta_path.parent
+        meta = _read_json(meta_path) or {}
+        metrics = _read_json(run / "metrics.json") or {}
+        mechs = metrics.get("mechanisms") or []
+        rows.append({
+            "experiment": run.parent.name, "seed": run.name.removeprefix("seed"),
+            "finished": bool(metrics), "iterations": metrics.get("iterations"),
+            "mechanisms": len(mechs), "distinct_winners": metrics.get("distinct_winners"),
+            "fully_specialized": metrics.get("fully_specialized"),
+            "experts_used": len(set(metrics.get("top_expert") or [])) if metrics else None,
+            "seconds": _seconds(meta), "device": meta.get("device", "?"),
+        })
+    return rows
+
+
+def experiment_table(runs: list[dict]) -> list[dict]:
+    """Per experiment: seeds finished, fully specialized seeds, mean distinct winners / mechanisms."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        e = out.setdefault(r["experiment"], {"experiment": r["experiment"], "runs": 0, "finished": 0,
+                                             "fully_specialized": 0, "distinct": [], "mechanisms": r["mechanisms"],
+                                             "seconds": 0.0})
+        e["runs"] += 1
+        if r["finished"]:
+            e["finished"] += 1
+            e["fully_specialized"] += int(bool(r["fully_specialized"]))
+            if r["distinct_winners"] is not None:
+                e["distinct"].append(r["distinct_winners"])
+            e["mechanisms"] = r["mechanisms"] or e["mechanisms"]
+        e["seconds"] += r["seconds"] or 0.0
+    for e in out.values():
+        d = e.pop("distinct")
+        e["mean_distinct_winners"] = round(sum(d) / len(d), 2) if d else None
+    return list(out.values())
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _why_missing(item: dict, runs: list[dict]) -> str:
+    if item["id"] in ("expand-fig1", "expand-fig2"):
+        return "run `licm figures data` (needs the prepared data)"
+    if not runs:
+        return "no training run has finished yet (results/runs is empty); the figure is drawn from trained runs"
+    return "its figure stage has not run yet (or failed) for the finished runs"
+
+
+def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path, runs_dir: Path,
+                  classifier_metrics: Path, timings: dict | None = None) -> dict:
+    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary_note = (f"{summary_path} read" if summary is not None else
+                    f"{summary_path} not found: every claim reads 'not run'")
+    summary = summary or {}
+    assets = out / "assets"
+    runs = collect_runs(runs_dir)
+    sections = []
+    for item in ITEMS:
+        entry = summary.get(item["id"]) or {}
+        src = figures_dir / f"{item['id']}.png"
+        figure = None
+        if src.is_file():
+            assets.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, assets / src.name)
+            figure = f"assets/{src.name}"
+        verdict = entry.get("verdict")
+        if verdict not in VERDICTS:
+            verdict = "not run" if item["kind"] == "claim" else ("figure produced" if figure else "not yet produced")
+        sections.append({
+            **item, "figure": figure, "missing": None if figure else _why_missing(item, runs),
+            "numbers": {k: _fmt(v) for k, v in (entry.get("numbers") or {}).items()},
+            "verdict": verdict, "note": entry.get("note", ""),
+            "related": item.get("related", []),
+        })
+    follow = summary.get(FOLLOW_UP_ID) or {}
+    clf = _read_json(classifier_metrics) if classifier_metrics.is_file() else None
+    all_timings = dict((summary.get("_meta") or {}).get("timings") or {})
+    all_timings.update(timings or {})
+    if clf:
+        all_timings.setdefault("classifier training", clf.get("train_seconds"))
+    run_seconds = sum(r["seconds"] or 0.0 for r in runs)
+    if runs:
+        all_timings.setdefault(f"training ({len(runs)} runs, summed)", round(run_seconds, 1))
+    try:
+        device = str(config.device(params["device"]))
+    except config.ParamsError as exc:
+        device = f"unavailable ({exc})"
+    run_devices = sorted({r["device"] for r in runs if r["device"] != "?"})
+    counts = {v: sum(1 for s in sections if s["kind"] == "claim" and s["verdict"] == v) for v in VERDICTS}
+    return {
+        "title": params["report"]["title"],
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": params["profile"], "device": device, "run_devices": ", ".join(run_devices) or "no runs yet",
+        "commit": git_commit(), "params_hash": config.params_hash(params),
+        "timings": {k: (f"{v:.1f} s" if isinstance(v, (int, float)) else str(v)) for k, v in all_timings.items()
+                    if v is not None},
+        "sections": sections, "claims": [s for s in sections if s["kind"] == "claim"],
+        "figures": [s for s in sections if s["kind"] == "figure"],
+        "counts": counts, "summary_note": summary_note,
+        "classifier": clf, "runs": runs, "experiments": experiment_table(runs),
+        "follow": {"question": FOLLOW_UP_TEXT, "verdict": follow.get("verdict"), "note": follow.get("note", ""),
+                   "numbers": {k: _fmt(v) for k, v in (follow.get("numbers") or {}).items()}},
+        "follow_up_id": FOLLOW_UP_ID,
+    }
+
+
+# ---------------------------------------------------------------- rendering
+
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("licm", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["slug"] = lambda v: str(v).replace(" ", "-")
+    return env.get_template("report.html.j2")
+
+
+def render(context: dict) -> str:
+    return _template().render(**context)
+
+
+def build(params: dict, out: str | Path = "results/report", figures_dir: str | Path | None = None,
+          summary: str | Path | None = None, runs_dir: str | Path | None = None,
+          classifier_metrics: str | Path = "results/classifier/metrics.json", timings: dict | None = None) -> Path:
+    """Write `<out>/index.html` and `<out>/assets/`; return the page's path."""
+    r = params["report"]
+    out = Path(out)
+    assets = out / "assets"
+    if assets.is_dir():
+        shutil.rmtree(assets)   # stale figures must not survive a rebuild
+    ctx = build_context(params, out, Path(figures_dir or r["figures_dir"]), Path(summary or r["summary"]),
+                        Path(runs_dir or r["runs_dir"]), Path(classifier_metrics), timings)
+    page = out / "index.html"
+    data.atomic_write_text(page, render(ctx))
+    return page
+
+
+def _cmd_report(args) -> None:
+    t0 = time.perf_counter()
+    params = config.load(args.params, profile=args.profile)
+    page = build(params, args.out)
+    print(f"licm report: {page} ({len(IDS)} sections) in {time.perf_counter() - t0:.1f}s; "
+          f"open file://{os.path.abspath(page)}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="write the HTML report (one section per figure and claim ID)")
+    p.add_argument("--out", default="results/report", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_report)
+
+
+__all__ = ["ITEMS", "IDS", "VERDICTS", "build", "build_context", "render"]
