@@ -139,11 +139,11 @@ def expert_optimizer(committee: nn.Module, lr: float, betas):
 
 
 # What `implementation: auto` picks per device type, from benchmarks/bench_committee.py. On the
-# 2-core CPU used for development (torch 2.14, oneDNN 3.12) the grouped committee took 0.44-0.92x
-# the loop's time per full iteration at N' = 6, 10, 16 in 5 of 6 measurements (noisy, shared
-# machine), and 0.81x for the committee's forward+backward alone at N' = 10; on CUDA one batched
-# computation instead of N' small kernels launches is the expected winner.
-AUTO_IMPLEMENTATION = {"cpu": "vectorized", "cuda": "vectorized"}
+# idle 2-core CPU (torch 2.14) the grouped committee took 1.13x, 1.25x and 1.55x the loop's time
+# per full iteration at N' = 6, 10, 16 (loop: 0.50, 0.89, 1.58 s); earlier measurements on a
+# loaded machine favoured the grouped one and were not reproducible. On CUDA one batched
+# computation instead of N' small kernel launches is expected to win; not measured yet (no GPU).
+AUTO_IMPLEMENTATION = {"cpu": "loop", "cuda": "vectorized"}
 
 
 def resolve_implementation(choice: str, device: torch.device) -> str:
