@@ -325,6 +325,10 @@ def _history_frame(history: dict, names: list[str]):
     })
 
 
+def _write_history(out: Path, history: dict, names: list[str]) -> None:
+    data.atomic_write_text(out / "history.csv", _history_frame(history, names).to_csv(index=False))
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out / "checkpoint.pt"
 
@@ -492,12 +496,11 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
         if iteration % t["checkpoint_every"] == 0 or iteration == T:
             checkpoint(iteration)
             last_good = iteration
-            _history_frame(history_tensors(), names).to_csv(out / ".history.csv.tmp", index=False)
-            os.replace(out / ".history.csv.tmp", out / "history.csv")
+            _write_history(out, history_tensors(), names)
         bar.update(1)
     bar.close()
     if T == start and not (out / "history.csv").is_file():
-        _history_frame(history_tensors(), names).to_csv(out / "history.csv", index=False)
+        _write_history(out, history_tensors(), names)
 
     te = data.load_split(prepared, domain, "test")
     keep = te["mechanism"] >= 0
