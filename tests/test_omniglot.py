@@ -191,3 +191,23 @@ def test_figures_from_a_run_folder(params, tmp_path):
     assert p7.stat().st_size > 1000 and p8.stat().st_size > 1000
     result = omniglot.evaluate_run(run, p)
     assert len(result["table"]) == len(names) and len(result["combined"]["mse"]) == 4
+
+
+def test_pick_run_prefers_fully_specialized_then_most_distinct(tmp_path):
+    from licm.config import LicmError
+    from licm.omniglot import pick_run
+
+    exp = tmp_path / "main"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"selected": True, "seeds": [0, 1, 2, 3], "profile": "paper"}))
+    for seed, (d, full) in {0: (7, False), 1: (9, False), 2: (9, False), 3: (10, True)}.items():
+        (exp / f"seed{seed}").mkdir()
+        (exp / f"seed{seed}" / "metrics.json").write_text(
+            json.dumps({"distinct_winners": d, "fully_specialized": full, "mechanisms": ["m"] * 10}))
+    assert pick_run(tmp_path, "main")[0] == exp / "seed3"
+    (exp / "seed3" / "metrics.json").unlink()          # unfinished: most distinct, first on ties
+    run, why = pick_run(tmp_path, "main")
+    assert run == exp / "seed1" and "9/10" in why
+    (exp / "experiment.json").write_text(json.dumps({"selected": False, "seeds": [], "profile": "smoke"}))
+    with pytest.raises(LicmError, match="no finished run"):
+        pick_run(tmp_path, "main")

@@ -50,8 +50,8 @@ def small_params(prepared: Path, **train) -> dict:
         "model": {"experts": 3, "expert_width": 4, "expert_hidden_layers": 1, "receptive_field": False,
                   "disc_widths": [4, 4, 4], "disc_convs": [1, 1, 1], "disc_fc": 16},
         "aii": {"enabled": True, "max_iterations": 3, "batch_size": 8},
-        "train": {"iterations": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 1,
-                  "domain": "paper", "implementation": "loop", **train},
+        "train": {"iterations": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 1, "eval_every": 2,
+                  "eval_examples": None, "domain": "paper", "implementation": "loop", **train},
     })
     raw["profiles"] = {}
     config.validate(raw, "test params")
@@ -254,7 +254,8 @@ def test_nan_stops_with_error_and_keeps_checkpoint(tmp_path):
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
-    params = small_params(make_prepared(tmp_path / "prep"), iterations=120, checkpoint_every=10, batch_size=16)
+    params = small_params(make_prepared(tmp_path / "prep"), iterations=120, checkpoint_every=10, batch_size=16,
+                          eval_every=7)
     params["model"]["expert_width"] = 8
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
@@ -280,4 +281,38 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     a, b = _tensors(tmp_path / "full"), _tensors(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "full" / "history.csv").read_bytes() == (killed / "history.csv").read_bytes()
+    assert (tmp_path / "full" / "evaluation.npz").read_bytes() == (killed / "evaluation.npz").read_bytes()
     assert json.loads((tmp_path / "full" / "metrics.json").read_text()) == json.loads((killed / "metrics.json").read_text())
+
+
+def test_evaluation_file_matches_metrics_and_leaves_training_alone(tmp_path):
+    """evaluation.npz holds every evaluation (0 = after AII, each eval_every, the end); its last row is
+    metrics.json's win matrix, recomputed here from the checkpoint; evaluating often changes nothing."""
+    prep = make_prepared(tmp_path / "prep")
+    params = small_params(prep, iterations=7, eval_every=3, eval_examples=40)
+    metrics = run(params, 1, tmp_path / "often", "cpu", progress=False)
+    with np.load(tmp_path / "often" / "evaluation.npz") as z:
+        ev = {k: z[k] for k in z.files}
+    assert ev["iterations"].tolist() == [0, 3, 6, 7] == metrics["eval_iterations"]
+    assert ev["winner"].shape == (4, 40) and ev["outputs"].shape == (4, 40, 32, 32) and ev["outputs"].dtype == np.uint8
+    test = np.load(prep / "paper" / "test.npz")
+    np.testing.assert_array_equal(ev["mechanism"], test["mechanism"][:40])
+    np.testing.assert_array_equal(ev["label"], test["label"][:40])
+    experts, disc, _ = licm.load_run(tmp_path / "often")
+    x = torch.from_numpy(test["images"][:40]).unsqueeze(1)
+    with torch.no_grad():
+        out = experts(x)
+        scores = disc.logits(out.flatten(0, 1)).view(40, -1)
+    win = scores.argmax(1)
+    np.testing.assert_array_equal(ev["winner"][-1], win.numpy())
+    np.testing.assert_allclose(ev["outputs"][-1] / 255, out[torch.arange(40), win, 0].numpy(), atol=0.5 / 255 + 1e-6)
+    expected = np.zeros((3, 3))
+    for m, w in zip(test["mechanism"][:40], win.numpy()):
+        expected[m, w] += 1
+    np.testing.assert_allclose(metrics["win_matrix"], expected / expected.sum(1, keepdims=True))
+    assert metrics["test_examples"] == 40
+    rare = run(small_params(prep, iterations=7, eval_every=100, eval_examples=40), 1, tmp_path / "rare", "cpu",
+               progress=False)
+    a, b = _tensors(tmp_path / "often"), _tensors(tmp_path / "rare")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rare["eval_iterations"] == [0, 7] and rare["win_matrix"] == metrics["win_matrix"]

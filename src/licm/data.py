@@ -281,13 +281,14 @@ def atomic_write_bytes(path: Path, blob: bytes) -> None:
         raise
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez with fixed zip timestamps, so equal arrays give equal bytes; atomic."""
+def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
+    """np.savez (or savez_compressed) with fixed zip timestamps, so equal arrays give equal bytes; atomic."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as z:
             for key in sorted(arrays):
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 buf = io.BytesIO()

@@ -1,46 +1,74 @@
-"""Evaluation of a trained committee (minimal: which expert wins which mechanism).
+"""Evaluation of a trained committee: which expert wins which mechanism, and how well a
+pretrained MNIST classifier reads the winners' outputs (LICM Fig. 5, 6; claims c1-c8).
 
-`win_matrix` and `specialization` are what `licm train` writes into metrics.json; the
-evaluation stage builds on them.
+`licm train` records, at every evaluation, each evaluated test digit's winning expert and that
+expert's output (the run's evaluation.npz; `winners_and_outputs`). `licm evaluate` turns one run's
+record into numbers over iterations: win matrices, specialization, and classifier accuracy on the
+transformed digits, on the winners' outputs and on the original digits (results/eval/<E>/seed<K>.json).
+It needs no model, only the record and the classifier, so a new classifier re-runs no training.
 """
 from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from licm import config, data
+from licm.config import LicmError
+
 
 @torch.no_grad()
-def win_matrix(committee, discriminator, images, mechanisms, n_mechanisms: int, batch_size: int = 256) -> np.ndarray:
-    """Proportion of each mechanism's digits won by each expert: array [n_mechanisms, N'].
+def winners_and_outputs(committee, discriminator, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Each digit's winning expert and that expert's output: (winner int64 [n], output float32 [n,H,W]).
 
-    images: [n,H,W] or [n,1,H,W] (numpy or tensor) in [0,1]; mechanisms: [n] labels in
-    0..n_mechanisms-1. The winner of a digit is the expert whose output D scores highest; the
-    experts run in eval mode (BatchNorm running statistics), so a digit's winner does not depend
-    on the other digits of its batch. Rows of mechanisms without digits are all zero.
+    images: [n,H,W] or [n,1,H,W] (numpy or tensor) in [0,1]. The winner is the expert whose output D
+    scores highest, with experts and D in eval mode (BatchNorm running statistics), so a digit's
+    winner does not depend on the other digits of its batch. Consumes no random numbers and leaves
+    the modules' modes as it found them, so evaluating during training does not change training.
     """
     device = next(committee.parameters()).device
     images = torch.as_tensor(np.asarray(images), dtype=next(committee.parameters()).dtype)
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    mechanisms = torch.as_tensor(np.asarray(mechanisms), dtype=torch.long)
     n_experts = committee.n_experts
     modes = (committee.training, discriminator.training)
     committee.eval()
     discriminator.eval()
-    counts = torch.zeros(n_mechanisms, n_experts, dtype=torch.float64)
+    winners, outputs = [], []
     try:
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device)
             out = committee(x)                                          # [b, N', 1, H, W]
             scores = discriminator.logits(out.flatten(0, 1)).view(len(x), n_experts)
-            winners = scores.argmax(dim=1).cpu()
-            counts.index_put_((mechanisms[start:start + batch_size], winners),
-                              torch.ones(len(x), dtype=torch.float64), accumulate=True)
+            win = scores.argmax(dim=1)
+            winners.append(win.cpu())
+            outputs.append(out[torch.arange(len(x), device=device), win, 0].float().cpu())
     finally:
         committee.train(modes[0])
         discriminator.train(modes[1])
-    totals = counts.sum(dim=1, keepdim=True)
-    return (counts / totals.clamp(min=1)).numpy()
+    if not winners:
+        return np.zeros(0, np.int64), np.zeros((0, *images.shape[2:]), np.float32)
+    return torch.cat(winners).numpy().astype(np.int64), torch.cat(outputs).numpy()
+
+
+def matrix_from_winners(winners, mechanisms, n_mechanisms: int, n_experts: int) -> np.ndarray:
+    """Proportion of each mechanism's digits won by each expert: [n_mechanisms, N'] (rows without digits: 0)."""
+    counts = np.zeros((n_mechanisms, n_experts), dtype=np.float64)
+    np.add.at(counts, (np.asarray(mechanisms, dtype=np.int64), np.asarray(winners, dtype=np.int64)), 1.0)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def win_matrix(committee, discriminator, images, mechanisms, n_mechanisms: int, batch_size: int = 256) -> np.ndarray:
+    """Proportion of each mechanism's digits won by each expert: array [n_mechanisms, N'].
+
+    mechanisms: [n] labels in 0..n_mechanisms-1; winners as in `winners_and_outputs`.
+    """
+    winners, _ = winners_and_outputs(committee, discriminator, images, batch_size)
+    return matrix_from_winners(winners, mechanisms, n_mechanisms, committee.n_experts)
 
 
 def specialization(matrix: np.ndarray) -> dict:
@@ -58,3 +86,85 @@ def specialization(matrix: np.ndarray) -> dict:
     times_top = dict(zip(values.tolist(), counts.tolist()))
     distinct = sum(1 for m in range(len(top)) if share[m] > 0.5 and times_top[int(top[m])] == 1)
     return {"distinct_winners": int(distinct), "fully_specialized": bool(len(values) == len(top))}
+
+
+# ---------------------------------------------------------------- licm evaluate
+
+def _per_mechanism(correct: np.ndarray, mechanisms: np.ndarray, n_mechanisms: int) -> list[float | None]:
+    return [float(correct[mechanisms == m].mean()) if (mechanisms == m).any() else None for m in range(n_mechanisms)]
+
+
+def load_record(run_dir: Path) -> dict:
+    """A run's evaluation.npz, metrics.json and params.json, or a clear error."""
+    files = {"evaluation": run_dir / "evaluation.npz", "metrics": run_dir / "metrics.json",
+             "params": run_dir / "params.json"}
+    for path in files.values():
+        if not path.is_file():
+            raise LicmError(f"{path}: missing; the run is not finished. Fix: run `licm train` for {run_dir}")
+    with np.load(files["evaluation"]) as z:
+        record = {k: z[k] for k in z.files}
+    record["metrics"] = json.loads(files["metrics"].read_text())
+    record["params"] = json.loads(files["params"].read_text())
+    return record
+
+
+def evaluate_run(run_dir: str | Path, classifier_path: str | Path, device: str = "cpu") -> dict:
+    """Numbers over iterations for one finished run (see the module docstring)."""
+    from licm import classifier as clf
+
+    run_dir = Path(run_dir)
+    rec = load_record(run_dir)
+    params, metrics = rec["params"], rec["metrics"]
+    names = metrics["mechanisms"]
+    M, N = len(names), params["model"]["experts"]
+    model = clf.load_classifier(classifier_path, device)
+    test = data.load_split(params["data"]["prepared_dir"], params["train"]["domain"], "test")
+    rows, labels, mech = rec["test_index"], rec["label"], rec["mechanism"]
+    originals, original_labels = clf.mnist_padded(params, train=False)
+    if not np.array_equal(original_labels[test["source_index"][rows]], labels):
+        raise LicmError(f"{run_dir}: its evaluation digits do not match {params['data']['prepared_dir']}; "
+                        "the prepared data changed since training. Fix: re-run the training")
+    transformed_ok = clf.predict(model, test["images"][rows]) == labels
+    original_ok = clf.predict(model, originals[test["source_index"][rows]]) == labels
+    steps = []
+    for k, it in enumerate(rec["iterations"].tolist()):
+        outputs = rec["outputs"][k].astype(np.float32) / 255.0
+        experts_ok = clf.predict(model, outputs) == labels
+        matrix = matrix_from_winners(rec["winner"][k], mech, M, N)
+        steps.append({"iteration": int(it), "accuracy_experts": float(experts_ok.mean()),
+                      "accuracy_experts_per_mechanism": _per_mechanism(experts_ok, mech, M),
+                      "win_matrix": matrix.round(6).tolist(), **specialization(matrix)})
+    return {
+        "run": str(run_dir), "seed": int(json.loads((run_dir / "meta.json").read_text())["seed"])
+        if (run_dir / "meta.json").is_file() else None,
+        "mechanisms": names, "experts": N, "examples": int(len(rows)), "iterations": metrics["iterations"],
+        "classifier": str(classifier_path),
+        "accuracy_transformed": float(transformed_ok.mean()),
+        "accuracy_transformed_per_mechanism": _per_mechanism(transformed_ok, mech, M),
+        "accuracy_original": float(original_ok.mean()),
+        "final": steps[-1], "steps": steps,
+    }
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    params = config.load(args.params, profile=args.profile)
+    result = evaluate_run(args.run, args.classifier, str(config.device(params["device"])))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    f = result["final"]
+    print(f"licm evaluate: {out}: iteration {f['iteration']}: {f['distinct_winners']}/{len(result['mechanisms'])} "
+          f"mechanisms won by distinct experts; classifier accuracy transformed {result['accuracy_transformed']:.3f}, "
+          f"experts {f['accuracy_experts']:.3f}, originals {result['accuracy_original']:.3f} "
+          f"({result['examples']} digits, {result['seconds']:.1f}s)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="numbers over iterations of one finished run (win matrices, classifier accuracy)",
+                       description="Read a run's evaluation.npz and score the winners' outputs with the MNIST classifier.")
+    p.add_argument("--run", required=True, help="run folder, e.g. results/runs/main/seed0")
+    p.add_argument("--classifier", default="results/classifier/classifier.pt", help="default: %(default)s")
+    p.add_argument("--out", required=True, help="JSON to write, e.g. results/eval/main/seed0.json")
+    p.set_defaults(func=_cmd_evaluate)

@@ -330,22 +330,58 @@ def evaluate_run(run_dir, params: dict) -> dict:
             "combined": {"labels": combined["labels"][:-1], "experts": combined["experts"], "mse": combined["mse"]}}
 
 
+def pick_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
+    """The run of `experiment` shown for generalization, and why: the first fully specialized seed,
+    else the seed with the most mechanisms won by distinct experts (first on ties). Fig. 7 and 8
+    of LICM show a specialized committee; we say which seed we took instead of hiding the choice."""
+    record_path = runs_dir / experiment / "experiment.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LicmError(f"{record_path}: unreadable ({exc}). Fix: train and collect experiment {experiment} first")
+    finished = []
+    for seed in record.get("seeds", []) if record.get("selected") else []:
+        path = runs_dir / experiment / f"seed{seed}" / "metrics.json"
+        if path.is_file():
+            finished.append((seed, json.loads(path.read_text())))
+    if not finished:
+        raise LicmError(f"{runs_dir / experiment}: no finished run (profile {record.get('profile')}). "
+                        f"Fix: train experiment {experiment} first")
+    fully = [(s, m) for s, m in finished if m["fully_specialized"]]
+    if fully:
+        seed, m = fully[0]
+        why = f"first fully specialized seed of {experiment} ({len(fully)}/{len(finished)} are)"
+    else:
+        seed, m = max(finished, key=lambda sm: (sm[1]["distinct_winners"], -sm[0]))
+        why = (f"no seed of {experiment} is fully specialized; seed {seed} has the most mechanisms won by distinct "
+               f"experts ({m['distinct_winners']}/{len(m['mechanisms'])})")
+    return runs_dir / experiment / f"seed{seed}", why
+
+
 def _cmd_omniglot(args) -> None:
     params = config.load(args.params, profile=args.profile)
     t0 = time.perf_counter()
+    if args.run:
+        run_dir, why = Path(args.run), "given with --run"
+    else:
+        run_dir, why = pick_run(Path(args.runs), args.experiment)
     figs = Path(args.figures)
-    p7 = licm_fig7(args.run, params, figs / "licm-fig7.png")
-    p8 = licm_fig8(args.run, params, figs / "licm-fig8.png")
-    result = evaluate_run(args.run, params)
+    p7 = licm_fig7(run_dir, params, figs / "licm-fig7.png")
+    p8 = licm_fig8(run_dir, params, figs / "licm-fig8.png")
+    result = evaluate_run(run_dir, params)
+    result["why_this_run"] = why
     out = Path(args.out) / "restoration.json"
     data.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
-    print(f"licm omniglot: {p7}, {p8}, {out}: {result['restored']}/{result['mechanisms']} mechanisms restored "
-          f"(assigned expert's MSE below the input's) in {time.perf_counter() - t0:.1f}s")
+    print(f"licm omniglot: {run_dir} ({why}): {p7}, {p8}, {out}: {result['restored']}/{result['mechanisms']} "
+          f"mechanisms restored (assigned expert's MSE below the input's) in {time.perf_counter() - t0:.1f}s")
 
 
 def register(sub) -> None:
     p = sub.add_parser("omniglot", help="Omniglot generalization of a trained run (licm-fig7, licm-fig8, restoration.json)")
-    p.add_argument("--run", required=True, help="run folder, e.g. results/runs/main/seed0")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run folder, e.g. results/runs/main/seed0")
+    which.add_argument("--experiment", help="pick one of this experiment's finished runs (see pick_run)")
+    p.add_argument("--runs", default="results/runs", help="runs folder for --experiment (default: %(default)s)")
     p.add_argument("--figures", default="results/figures", help="figure folder (default: %(default)s)")
     p.add_argument("--out", default="results/omniglot", help="folder for restoration.json (default: %(default)s)")
     p.set_defaults(func=_cmd_omniglot)

@@ -6,7 +6,7 @@ Inputs (all optional; what is missing is said on the page, never silently left o
 * `report.summary` (results/summary.json), written by the evaluation stage, of the shape
 
       {"<claim or figure ID>": {"numbers": {<name>: <number, string or list>, ...},
-                                "verdict": "reproduced" | "partly reproduced" | "not reproduced" | "not run",
+                                "verdict": "reproduced" | "partly reproduced" | "not reproduced" | "reduced scale" | "not run",
                                 "note": "<the reasoning that decides the verdict>"},
        "follow-up-question": {"numbers": {...}, "verdict": "<short answer>", "note": "<answer>"},
        "_meta": {"timings": {"<stage>": <seconds>, ...}}}
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from licm import config, data
 
-VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run")
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "reduced scale", "not run")
 
 # Every ID of shared/FIGURES.md: (id, paper, kind, text, related figure IDs for claims).
 ITEMS: list[dict] = [

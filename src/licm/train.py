@@ -329,13 +329,61 @@ def _write_history(out: Path, history: dict, names: list[str]) -> None:
     data.atomic_write_text(out / "history.csv", _history_frame(history, names).to_csv(index=False))
 
 
+EVALUATION_FILE = "evaluation.npz"
+
+
+def eval_subset(test: dict, examples: int | None) -> np.ndarray:
+    """Rows of test.npz evaluated during training: the first `examples` transformed test digits."""
+    rows = np.flatnonzero(test["mechanism"] >= 0)
+    return rows if examples is None else rows[:examples]
+
+
+def _load_evaluations(out: Path, upto: int) -> dict:
+    """Evaluations already made by this run, up to iteration `upto` (the checkpoint resumed from)."""
+    path = out / EVALUATION_FILE
+    if not path.is_file():
+        return {"iterations": [], "winner": [], "outputs": []}
+    with np.load(path) as z:
+        keep = z["iterations"] <= upto
+        return {"iterations": z["iterations"][keep].tolist(), "winner": list(z["winner"][keep]),
+                "outputs": list(z["outputs"][keep])}
+
+
+def _write_evaluations(out: Path, ev: dict, test: dict, rows: np.ndarray) -> None:
+    """evaluation.npz: which expert won each evaluated test digit, and its output, at every evaluation."""
+    H, W = test["images"].shape[1:]
+    n = len(rows)
+    data.write_npz(out / EVALUATION_FILE, {
+        "iterations": np.asarray(ev["iterations"], dtype=np.int64),
+        "test_index": rows.astype(np.int64),
+        "mechanism": test["mechanism"][rows].astype(np.int64),
+        "label": test["label"][rows].astype(np.int64),
+        "winner": np.stack(ev["winner"]).astype(np.int16) if ev["winner"] else np.zeros((0, n), np.int16),
+        "outputs": np.stack(ev["outputs"]) if ev["outputs"] else np.zeros((0, n, H, W), np.uint8),
+    }, compress=True)
+
+
+def set_deterministic(on: bool, device: torch.device) -> None:
+    """train.deterministic: deterministic kernels on CUDA (CPU runs are deterministic anyway).
+
+    Without it a GPU run can differ from a re-run of itself (atomic adds, cuDNN autotuning), and
+    the competition amplifies such round-off into a different winner; with it, re-runs on the same
+    GPU and software give the same result, at some cost in speed."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not on
+        torch.backends.cudnn.deterministic = on
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out / "checkpoint.pt"
 
 
 # What a run's result depends on, less what may change between a run and its resume
 # (more iterations, another checkpoint interval or test subset, another device).
-RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "eval_examples")
+RESUMABLE_CHANGES = ("iterations", "checkpoint_every")
 
 
 def _comparable(params: dict) -> dict:
@@ -381,6 +429,11 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
     if t["canonical_examples"] is not None:
         canonical = canonical[: t["canonical_examples"]]
 
+    test = data.load_split(prepared, domain, "test")
+    eval_rows = eval_subset(test, t["eval_examples"])
+    eval_images = torch.from_numpy(np.ascontiguousarray(test["images"][eval_rows], dtype=np.float32))
+
+    set_deterministic(t["deterministic"], device)
     implementation = resolve_implementation(t["implementation"], device)
     torch.manual_seed(seed)
     committee, disc = build(params, implementation)
@@ -391,7 +444,7 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
     history = {"iteration": [], "score_sum": [], "count": [], "wins": []}
     meta = {"seed": seed, "device": str(device), "implementation": implementation,
             "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
-            "started": _now(), "resumed": []}
+            "deterministic": t["deterministic"], "started": _now(), "resumed": []}
     try:
         import torchvision
         meta["torchvision"] = torchvision.__version__
@@ -416,6 +469,7 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
         if device.type == "cuda" and ck.get("cuda_rng"):
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         start, aii_steps = ck["iteration"], ck["aii_iterations"].tolist()
+        evaluations = _load_evaluations(out, start)
         for k in history:
             history[k] = [ck["history"][k]] if len(ck["history"][k]) else []
         if (out / "meta.json").is_file():
@@ -436,6 +490,7 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
         else:
             expert_opt = expert_optimizer(committee, t["lr_expert"], t["adam_betas"])
         start = 0
+        evaluations = {"iterations": [], "winner": [], "outputs": []}
     meta["implementation"] = implementation
     _write_json(out / "params.json", params)
     _write_json(out / "meta.json", meta)
@@ -458,8 +513,17 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             "aii_iterations": torch.tensor(aii_steps), "history": h})
 
+    def evaluate_now(iteration: int) -> None:
+        """Winners and their outputs on the evaluation digits (eval mode, no RNG: training is unchanged)."""
+        winner, output = evaluate.winners_and_outputs(committee, disc, eval_images)
+        evaluations["iterations"].append(iteration)
+        evaluations["winner"].append(winner.astype(np.int16))
+        evaluations["outputs"].append(np.rint(np.clip(np.nan_to_num(output), 0, 1) * 255).astype(np.uint8))
+
     last_good = start if ckpt_path.is_file() else None
     if not ckpt_path.is_file():
+        evaluate_now(0)
+        _write_evaluations(out, evaluations, test, eval_rows)
         checkpoint(0)
         last_good = 0
     pending_losses: list[tuple[int, torch.Tensor]] = []
@@ -493,7 +557,10 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
                                    .index_add_(0, mech, result["won"].long()).unsqueeze(0))
         if iteration % NAN_CHECK_EVERY == 0 or iteration % t["checkpoint_every"] == 0 or iteration == T:
             check_losses()
+        if iteration % t["eval_every"] == 0 or iteration == T:
+            evaluate_now(iteration)
         if iteration % t["checkpoint_every"] == 0 or iteration == T:
+            _write_evaluations(out, evaluations, test, eval_rows)
             checkpoint(iteration)
             last_good = iteration
             _write_history(out, history_tensors(), names)
@@ -502,15 +569,18 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
     if T == start and not (out / "history.csv").is_file():
         _write_history(out, history_tensors(), names)
 
-    te = data.load_split(prepared, domain, "test")
-    keep = te["mechanism"] >= 0
-    if t["eval_examples"] is not None:
-        keep &= np.arange(len(keep)) < t["eval_examples"]
-    matrix = evaluate.win_matrix(committee, disc, te["images"][keep], te["mechanism"][keep], M)
+    if not evaluations["iterations"] or evaluations["iterations"][-1] != T:   # finished checkpoint, evaluation lost
+        evaluations = _load_evaluations(out, T - 1)
+        evaluate_now(T)
+        _write_evaluations(out, evaluations, test, eval_rows)
+
+    mech = test["mechanism"][eval_rows]
+    matrix = evaluate.matrix_from_winners(evaluations["winner"][-1], mech, M, committee.n_experts)
     spec = evaluate.specialization(matrix)
     metrics = {"iterations": T, "mechanisms": names, "win_matrix": matrix.tolist(),
                "top_expert": matrix.argmax(axis=1).tolist(), "top_share": matrix.max(axis=1).tolist(),
-               **spec, "test_examples": int(keep.sum()), "aii_iterations": [int(s) for s in aii_steps], "implementation": implementation}
+               **spec, "test_examples": int(len(eval_rows)), "eval_iterations": list(evaluations["iterations"]),
+               "aii_iterations": [int(s) for s in aii_steps], "implementation": implementation}
     meta["finished"] = _now()
     _write_json(out / "meta.json", meta)
     _write_json(metrics_path, metrics)
