@@ -331,9 +331,9 @@ def evaluate_run(run_dir, params: dict) -> dict:
 
 
 def pick_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
-    """The run of `experiment` shown for generalization, and why: the first fully specialized seed,
-    else the seed with the most mechanisms won by distinct experts (first on ties). Fig. 7 and 8
-    of LICM show a specialized committee; we say which seed we took instead of hiding the choice."""
+    """The run of `experiment` shown for generalization, and why: `figures.typical_seed` (the first
+    fully specialized seed, else the most mechanisms won by distinct experts, first on ties), the
+    same seed the other figures of that experiment show."""
     record_path = runs_dir / experiment / "experiment.json"
     try:
         record = json.loads(record_path.read_text())
@@ -347,14 +347,10 @@ def pick_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
     if not finished:
         raise LicmError(f"{runs_dir / experiment}: no finished run (profile {record.get('profile')}). "
                         f"Fix: train experiment {experiment} first")
-    fully = [(s, m) for s, m in finished if m["fully_specialized"]]
-    if fully:
-        seed, m = fully[0]
-        why = f"first fully specialized seed of {experiment} ({len(fully)}/{len(finished)} are)"
-    else:
-        seed, m = max(finished, key=lambda sm: (sm[1]["distinct_winners"], -sm[0]))
-        why = (f"no seed of {experiment} is fully specialized; seed {seed} has the most mechanisms won by distinct "
-               f"experts ({m['distinct_winners']}/{len(m['mechanisms'])})")
+    from licm.figures import typical_seed   # one rule for every figure that shows "a typical seed"
+
+    seed, why = typical_seed(dict(finished))
+    why = f"{experiment}: {why}"
     return runs_dir / experiment / f"seed{seed}", why
 
 
