@@ -1,4 +1,5 @@
-# Two commands for a fresh clone: `make report` (the whole pipeline) and `make test`.
+# Two commands for a fresh clone: `make report` (the whole pipeline, ending in
+# results/report/index.html: Snakemake's target rule `report`) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -29,6 +30,7 @@ report: install
 	print(f'make report: profile {p} (' + (why if asked == 'auto' else 'asked for') + '; force one with make report PROFILE=paper|quick|smoke)')"
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) report \
 	  $(if $(PROFILE),--config profile=$(PROFILE),)
+	@echo "make report: open file://$(abspath results/report/index.html)"
 
 lock: install
 	( sed -n '1,3p' requirements.lock; $(BIN)/pip freeze --exclude-editable ) > requirements.lock.new

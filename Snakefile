@@ -1,5 +1,6 @@
 # licm workflow. params.yaml is the config file; licm validates it (schema in
-# workflow/schemas/) and every rule calls the `licm` CLI (plus one bookkeeping script).
+# workflow/schemas/) and every rule calls the `licm` CLI (bookkeeping included: `licm plan`,
+# `licm collect`; the Python here only computes job parameters, from licm.pipeline).
 #   snakemake --cores 8 report                 build everything (scale: `profile:` in params.yaml)
 #   snakemake --cores 8 report --config profile=smoke    another scale
 #   snakemake --cores 1 --touch --forceall report   once after `dvc pull` in a fresh clone (aligns
@@ -31,4 +32,5 @@ def code(*modules):
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

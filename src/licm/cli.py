@@ -13,7 +13,7 @@ from licm.config import LicmError
 
 
 # Modules that own stages; each defines register(subparsers).
-STAGE_MODULES = ("data", "train", "figures", "classifier", "evaluate", "omniglot", "summary", "report")
+STAGE_MODULES = ("data", "train", "figures", "classifier", "evaluate", "omniglot", "summary", "report", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,25 +1,58 @@
-# The report target: everything the pipeline builds. It grows as stages land (evaluation,
-# classifier, figures of runs, HTML report); see the TODO rules below.
+# Figures of the runs, the claims summary and the HTML report; `report` is the target that builds
+# everything (`snakemake --cores 8 report`, `make report`). The page lands in results/report/index.html.
+from licm import figures as licm_figures
 
 localrules: report
 
 
+rule figures_runs:
+    """Every figure drawn from runs and evaluations (licm.figures.RUN_FIGURE_IDS); a figure whose
+    experiment the profile does not run is a labelled placeholder, so the outputs never vary."""
+    input:
+        rules.train_all.input,
+        rules.evaluate_all.input,
+        expand(PREPARED + "/{domain}/test.npz", domain=["paper", "expanded"]),
+        code("figures", "data", "evaluate", "models", "__init__"),
+    output: expand("results/figures/{figure}.png", figure=licm_figures.RUN_FIGURE_IDS)
+    params: fingerprint=stage_fingerprint("figures_runs")
+    log: "logs/figures-runs.log"
+    threads: 1
+    shell: "OMP_NUM_THREADS={threads} {LICM} figures runs --out results/figures > {log} 2>&1"
+
+
+rule summarize:
+    """Numbers and verdict per claim ID -> results/summary.json (DVC metrics, in git)."""
+    input:
+        rules.train_all.input,
+        rules.evaluate_all.input,
+        rules.classifier.output.metrics,
+        rules.omniglot.output[2],
+        code("summary"),
+    output: "results/summary.json"
+    params: fingerprint=stage_fingerprint("summarize")
+    log: "logs/summarize.log"
+    shell: "{LICM} summarize --out {output} > {log} 2>&1"
+
+
+rule html_report:
+    """The HTML report: one section per figure and claim ID, from everything above."""
+    input:
+        rules.summarize.output,
+        rules.figures_data.output,
+        rules.omniglot.output,
+        rules.figures_runs.output,
+        rules.train_all.input,
+        rules.classifier.output.metrics,
+        code("report"),
+        "src/licm/templates/report.html.j2",
+    output: "results/report/index.html"
+    params: fingerprint=stage_fingerprint("report")
+    log: "logs/report.log"
+    shell: "{LICM} report --out results/report > {log} 2>&1"
+
+
 rule report:
     input:
-        rules.figures_data.output,
-        rules.train_all.input,
+        rules.html_report.output,
         rules.plan_all.input,
     default_target: True
-
-# TODO(evaluate, helper-3/lead): once `licm evaluate` exists:
-# rule evaluate:
-#     input: RUNS + "/{experiment}/seed{seed}/metrics.json", code("evaluate")
-#     output: RUNS + "/{experiment}/seed{seed}/eval.json"
-#     log: "logs/evaluate/{experiment}/seed{seed}.log"
-#     shell: "{LICM} evaluate --run " + RUNS + "/{wildcards.experiment}/seed{wildcards.seed} > {log} 2>&1"
-# and add its outputs to rule collect's input (then dvc.yaml's train stage covers them).
-#
-# TODO(classifier): rule classifier -> results/classifier/ (`{LICM} classifier`), DVC stage `classifier`.
-# TODO(figures of runs): rule figures_runs -> results/figures/... (`{LICM} figures ...`), DVC stage.
-# TODO(report): rule html_report -> results/report/index.html (`{LICM} report`), input: everything above;
-#     make it the input of `report`; DVC stage `report` with the same deps.

@@ -1,48 +1,28 @@
 # Training: one job per (experiment, seed), the experiment matrix of params.yaml (`experiments:`)
 # at the selected profile (`profiles.<p>.max_seeds`, `.only_experiments`). Per experiment a
-# collect job writes the experiment's record, its summary metrics (DVC metrics) and score
-# curves (DVC plots). dvc.yaml runs `snakemake ... experiment_<name>` per experiment.
+# collect job (`licm collect`) writes the experiment's record, its summary metrics (DVC metrics)
+# and score curves (DVC plots). dvc.yaml runs `snakemake ... experiment_<name>` per experiment.
+# The bookkeeping logic (plans, fingerprints, records) lives in src/licm/pipeline.py.
 import json
-import os
+
+from licm import pipeline
 
 EXPERIMENTS = list(PARAMS["experiments"])
 SELECTED = licm_config.selected_experiments(PARAMS)
 SEEDS = {name: licm_config.seeds(PARAMS, name) for name in EXPERIMENTS}
 RUNS = "results/runs"
-# Blocks of the resolved (profile + overrides) params a training job reads: its `params:`
-# fingerprint here, and results/plan/<exp>.json, which dvc.yaml's train@<exp> depends on
-# (tests/test_pipeline.py checks that the two agree).
-TRAIN_KEYS = ("device", "data.prepared_dir", "model", "aii", "train")
-
-
-def _pick(params, keys):
-    out = {}
-    for key in keys:
-        node = params
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
-    return out
-
-
-def fingerprint(name):
-    return json.dumps(_pick(licm_config.experiment(PARAMS, name), TRAIN_KEYS), sort_keys=True)
 
 
 def train_fingerprint(wildcards):
-    """What a job's result depends on; a change re-runs the job (Snakemake's params trigger)."""
-    return fingerprint(wildcards.experiment)
+    """What a job's result depends on (licm.pipeline.TRAIN_KEYS of the experiment's resolved params,
+    also in results/plan/<exp>.json for DVC); a change re-runs the job (Snakemake's params trigger)."""
+    return pipeline.fingerprint(PARAMS, wildcards.experiment)
 
 
 def resume_key(wildcards):
-    """Hash of the fingerprint without train.iterations, checkpoint_every and device. A run folder
-    whose .resume-key differs holds a checkpoint of other params: the job discards it and starts
-    afresh. Same key: the job resumes (also when only iterations grew: training continues from
-    the last checkpoint)."""
-    p = json.loads(train_fingerprint(wildcards))
-    p.pop("device")
-    p["train"] = {k: v for k, v in p["train"].items() if k not in ("iterations", "checkpoint_every", "eval_examples")}
-    return licm_config.params_hash(p)
+    """licm.pipeline.resume_key: same key = the job resumes the folder's checkpoint (also when only
+    iterations grew); another key = the checkpoint is of other params, the job discards it."""
+    return pipeline.resume_key(PARAMS, wildcards.experiment)
 
 
 # ---- GPUs. A training job takes one `gpu` unit; locally the pool is gpus x seeds_per_gpu, so that
@@ -112,44 +92,32 @@ rule collect:
     saying so (and empty metrics), so every DVC train stage has its outputs."""
     input:
         lambda w: expand(RUNS + "/{experiment}/seed{seed}/metrics.json", experiment=w.experiment, seed=SEEDS[w.experiment]),
-        "workflow/scripts/collect.py",
+        code("pipeline", "data"),
     output:
         record=RUNS + "/{experiment}/experiment.json",
         metrics="results/metrics/{experiment}.json",
         plot="results/plots/{experiment}.csv",
     params:
-        seeds=lambda w: json.dumps(SEEDS[w.experiment]),
+        seeds=lambda w: SEEDS[w.experiment],
         profile=PROFILE,
-        description=lambda w: PARAMS["experiments"][w.experiment].get("description", ""),
     log: "logs/collect/{experiment}.log"
     shell:
-        "python workflow/scripts/collect.py --experiment {wildcards.experiment} --profile {params.profile} "
-        "--seeds '{params.seeds}' --runs {RUNS} --record {output.record} --metrics {output.metrics} "
+        "{LICM} collect --experiment {wildcards.experiment} --runs {RUNS} --metrics {output.metrics} "
         "--plot {output.plot} > {log} 2>&1"
 
 
-def plan(name):
-    """Everything this workflow decides for one experiment from params.yaml: profile, seeds and the
-    params its training jobs read. dvc.yaml's train@<name> depends on this file (content-hashed),
-    so DVC re-runs exactly the experiments whose plan changed, whatever else changed in params.yaml
-    (other experiments' entries, other profile blocks)."""
-    return {"experiment": name, "profile": PROFILE, "seeds": SEEDS[name], "selected": name in SELECTED,
-            "train_params": json.loads(fingerprint(name)) if name in SELECTED else None}
-
-
 rule plan:
-    """One job writes every experiment's plan (a file is rewritten only when its content changes)."""
-    output: expand("results/plan/{experiment}.json", experiment=EXPERIMENTS)
-    params: plans=lambda w: json.dumps({name: plan(name) for name in EXPERIMENTS}, sort_keys=True)
-    run:
-        plans = json.loads(params.plans)
-        for name, path in zip(EXPERIMENTS, output):
-            text = json.dumps(plans[name], indent=2, sort_keys=True) + "\n"
-            if os.path.exists(path) and open(path).read() == text:
-                continue
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+    """Every experiment's and stage's plan (the resolved params its jobs read; `licm plan` rewrites a
+    file only when its content changes). DVC stages depend on them; Snakemake re-runs this job when
+    any plan changes (params trigger: a hash of every plan, so also when licm/pipeline.py changes
+    what a plan holds) and compares its other jobs' params itself. No code inputs on purpose: a plan
+    whose content did not change is not rewritten, so its mtime would stay older than the code."""
+    output:
+        expand("results/plan/{experiment}.json", experiment=EXPERIMENTS),
+        expand("results/plan/stages/{stage}.json", stage=list(pipeline.STAGE_KEYS)),
+    params: plans=licm_config.params_hash(pipeline.plans(PARAMS))
+    log: "logs/plan.log"
+    shell: "{LICM} plan --out results/plan > {log} 2>&1"
 
 
 rule plan_all:
