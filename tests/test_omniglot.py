@@ -211,3 +211,17 @@ def test_pick_run_prefers_fully_specialized_then_most_distinct(tmp_path):
     (exp / "experiment.json").write_text(json.dumps({"selected": False, "seeds": [], "profile": "smoke"}))
     with pytest.raises(LicmError, match="no finished run"):
         pick_run(tmp_path, "main")
+
+
+def test_experiment_not_run_gives_placeholders(tmp_path):
+    from licm import cli
+
+    exp = tmp_path / "runs" / "main"
+    exp.mkdir(parents=True)
+    (exp / "experiment.json").write_text(json.dumps({"selected": False, "seeds": [], "profile": "smoke"}))
+    rc = cli.main(["--profile", "smoke", "omniglot", "--experiment", "main", "--runs", str(tmp_path / "runs"),
+                   "--figures", str(tmp_path / "fig"), "--out", str(tmp_path / "omni")])
+    assert rc == 0
+    for f in ("licm-fig7.png", "licm-fig8.png"):
+        assert (tmp_path / "fig" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "omni" / "restoration.json").read_text())["not_run"] is True

@@ -15,8 +15,6 @@ import math
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 Mechanism = Callable[[np.ndarray, dict, np.random.Generator], np.ndarray]
 REGISTRY: dict[str, Mechanism] = {}
@@ -83,6 +81,8 @@ def warp(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     in [-1, 1] with pixel centres as align_corners=False places them), so a stretch by s
     uses diag(1/s, 1). Bilinear interpolation, zeros outside.
     """
+    import torch  # here, not at the top: params validation imports this module and must stay light
+    import torch.nn.functional as F
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
     theta = torch.zeros(len(t), 2, 3, dtype=torch.float64)
     theta[:, :, :2] = torch.from_numpy(np.asarray(matrix, dtype=np.float64))

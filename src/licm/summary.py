@@ -289,7 +289,7 @@ def claim_c8(exp: Experiment) -> dict:
 
 
 def claim_c9(restoration: dict | None, main: Experiment) -> dict:
-    if restoration is None:
+    if restoration is None or restoration.get("not_run"):
         return _entry([main], {}, "not run", "") if not main.ran else \
             {"numbers": {}, "verdict": "not run", "note": "licm omniglot has not run"}
     k, M = restoration["restored"], restoration["mechanisms"]
