@@ -369,34 +369,45 @@ def test_params_mutations_agree(repo):
 
 
 def test_killed_job_resumes(repo):
-    """A killed training job leaves no metrics.json (nothing that looks complete) but its checkpoint;
-    the next run resumes from it."""
+    """A training job killed hard (SIGKILL, as the OOM killer or a lost node does) leaves no metrics.json
+    (nothing that looks complete) but its checkpoint; Snakemake reports the job failed, and the next run
+    resumes from the checkpoint."""
     run = repo / "results/runs/single_net_32/seed0"
     base = (repo / "params.yaml").read_text()
     try:
         shutil.rmtree(run, ignore_errors=True)
         set_params(repo, lambda p: p["profiles"]["smoke"].update(only_experiments=["single_net_32"]) or
-                   p["profiles"]["smoke"]["experiments"].update(
-                       single_net_32={"overrides": {"train": {"iterations": 100000, "checkpoint_every": 1}}}))
+                   p["profiles"]["smoke"]["experiments"].update(single_net_32={"overrides": {"train": {
+                       "iterations": 100000, "checkpoint_every": 1, "eval_every": 100000}}}))
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-        proc = subprocess.Popen(f"exec {SMK} experiment_single_net_32", shell=True, cwd=repo, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.time() + 180
-            while time.time() < deadline and not (run / "checkpoint.pt").is_file():
-                time.sleep(1)
-            time.sleep(3)
-            assert (run / "checkpoint.pt").is_file()
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops the job and cleans its outputs
-            proc.wait(timeout=60)
+        log = repo / "logs" / "killed-test-snakemake.log"
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(f"exec {SMK} experiment_single_net_32", shell=True, cwd=repo, env=env,
+                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                deadline = time.time() + 180
+                while time.time() < deadline and not (run / "checkpoint.pt").is_file() and proc.poll() is None:
+                    time.sleep(1)
+                time.sleep(3)
+                assert (run / "checkpoint.pt").is_file(), f"no checkpoint within 180 s:\n{log.read_text()[-4000:]}"
+                job = subprocess.run(["pgrep", "-f", "train --experiment single_net_32 --seed 0"],
+                                     capture_output=True, text=True).stdout.split()
+                assert job, "the training job is not running"
+                for pid in job:
+                    os.kill(int(pid), signal.SIGKILL)
+                assert proc.wait(timeout=120) != 0, "Snakemake should report the killed job as failed"
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         assert not (run / "metrics.json").exists()
         assert (run / "checkpoint.pt").is_file()
         import torch
 
         done = int(torch.load(run / "checkpoint.pt", weights_only=True)["iteration"])
         set_params(repo, lambda p: p["profiles"]["smoke"]["experiments"].update(
-            single_net_32={"overrides": {"train": {"iterations": done + 2, "checkpoint_every": 1}}}))
+            single_net_32={"overrides": {"train": {"iterations": done + 2, "checkpoint_every": 1, "eval_every": 100000}}}))
         out = sh(f"{SMK} experiment_single_net_32", repo)
         assert trained(out.stdout + out.stderr) == {"experiment=single_net_32, seed=0"}
         assert "resuming" in (repo / "logs/train/single_net_32/seed0.log").read_text()
