@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,7 +196,10 @@ def test_figures_from_a_run_folder(params, tmp_path):
 
 def test_pick_run_prefers_fully_specialized_then_most_distinct(tmp_path):
     from licm.config import LicmError
+    from licm import config
     from licm.omniglot import pick_run
+
+    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml", profile="smoke")
 
     exp = tmp_path / "main"
     exp.mkdir()
@@ -203,14 +207,15 @@ def test_pick_run_prefers_fully_specialized_then_most_distinct(tmp_path):
     for seed, (d, full) in {0: (7, False), 1: (9, False), 2: (9, False), 3: (10, True)}.items():
         (exp / f"seed{seed}").mkdir()
         (exp / f"seed{seed}" / "metrics.json").write_text(
-            json.dumps({"distinct_winners": d, "fully_specialized": full, "mechanisms": ["m"] * 10}))
-    assert pick_run(tmp_path, "main")[0] == exp / "seed3"
+            json.dumps({"distinct_winners": d, "fully_specialized": full, "mechanisms": ["m"] * 10,
+                        "iterations": 2000}))
+    assert pick_run(tmp_path, "main", params)[0] == exp / "seed3"
     (exp / "seed3" / "metrics.json").unlink()          # unfinished: most distinct, first on ties
-    run, why = pick_run(tmp_path, "main")
+    run, why = pick_run(tmp_path, "main", params)
     assert run == exp / "seed1" and "9/10" in why
     (exp / "experiment.json").write_text(json.dumps({"selected": False, "seeds": [], "profile": "smoke"}))
     with pytest.raises(LicmError, match="no finished run"):
-        pick_run(tmp_path, "main")
+        pick_run(tmp_path, "main", params)
 
 
 def test_experiment_not_run_gives_placeholders(tmp_path):

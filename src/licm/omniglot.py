@@ -330,28 +330,16 @@ def evaluate_run(run_dir, params: dict) -> dict:
             "combined": {"labels": combined["labels"][:-1], "experts": combined["experts"], "mse": combined["mse"]}}
 
 
-def pick_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
-    """The run of `experiment` shown for generalization, and why: `figures.typical_seed` (the first
-    fully specialized seed, else the most mechanisms won by distinct experts, first on ties), the
-    same seed the other figures of that experiment show."""
-    record_path = runs_dir / experiment / "experiment.json"
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LicmError(f"{record_path}: unreadable ({exc}). Fix: train and collect experiment {experiment} first")
-    finished = []
-    for seed in record.get("seeds", []) if record.get("selected") else []:
-        path = runs_dir / experiment / f"seed{seed}" / "metrics.json"
-        if path.is_file():
-            finished.append((seed, json.loads(path.read_text())))
-    if not finished:
-        raise LicmError(f"{runs_dir / experiment}: no finished run (profile {record.get('profile')}). "
-                        f"Fix: train experiment {experiment} first")
-    from licm.figures import typical_seed   # one rule for every figure that shows "a typical seed"
+def pick_run(runs_dir: Path, experiment: str, params: dict) -> tuple[Path, str]:
+    """The run of `experiment` shown for generalization, and why: the typical seed of `figures.load_runset`
+    (first fully specialized, else most mechanisms won by distinct experts), the one its figures show."""
+    from licm.figures import MissingArtifact, load_runset
 
-    seed, why = typical_seed(dict(finished))
-    why = f"{experiment}: {why}"
-    return runs_dir / experiment / f"seed{seed}", why
+    try:
+        _, folder, why = load_runset(runs_dir, experiment, params).shown()
+    except MissingArtifact as exc:
+        raise LicmError(f"{experiment}: no finished run ({exc.reason}). Fix: {exc.fix}") from exc
+    return folder, why
 
 
 def _not_run(params: dict, experiment: str, reason: str, figs: Path, out: Path) -> None:
@@ -377,7 +365,7 @@ def _cmd_omniglot(args) -> None:
         run_dir, why = Path(args.run), "given with --run"
     else:
         try:
-            run_dir, why = pick_run(Path(args.runs), args.experiment)
+            run_dir, why = pick_run(Path(args.runs), args.experiment, params)
         except LicmError as exc:          # the profile does not run the experiment: say so, fail nothing
             _not_run(params, args.experiment, str(exc), figs, Path(args.out))
             return

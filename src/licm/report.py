@@ -80,7 +80,8 @@ FOLLOW_UP_TEXT = ("EXPAND leaves open: with a faithful implementation, do the ex
 
 # ---------------------------------------------------------------- gathering
 
-def _read_json(path: Path):
+def read_json(path: Path):
+    """The JSON at `path`, or None when it is missing or unreadable (every input of the report is optional)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -99,7 +100,8 @@ def git_commit(repo: Path | None = None) -> str:
         return "unknown"
 
 
-def _seconds(meta: dict) -> float | None:
+def run_seconds(meta: dict) -> float | None:
+    """Wall time of a run from its meta.json (started/finished), or None when unfinished."""
     try:
         t0 = datetime.fromisoformat(meta["started"])
         t1 = datetime.fromisoformat(meta["finished"])
@@ -115,8 +117,8 @@ def collect_runs(runs_dir: Path) -> list[dict]:
         return rows
     for meta_path in sorted(runs_dir.glob("*/seed*/meta.json")):
         run = meta_path.parent
-        meta = _read_json(meta_path) or {}
-        metrics = _read_json(run / "metrics.json") or {}
+        meta = read_json(meta_path) or {}
+        metrics = read_json(run / "metrics.json") or {}
         mechs = metrics.get("mechanisms") or []
         rows.append({
             "experiment": run.parent.name, "seed": run.name.removeprefix("seed"),
@@ -124,7 +126,7 @@ def collect_runs(runs_dir: Path) -> list[dict]:
             "mechanisms": len(mechs), "distinct_winners": metrics.get("distinct_winners"),
             "fully_specialized": metrics.get("fully_specialized"),
             "experts_used": len(set(metrics.get("top_expert") or [])) if metrics else None,
-            "seconds": _seconds(meta), "device": meta.get("device", "?"),
+            "seconds": run_seconds(meta), "device": meta.get("device", "?"),
         })
     return rows
 
@@ -170,7 +172,7 @@ def _why_missing(item: dict, runs: list[dict]) -> str:
 
 def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path, runs_dir: Path,
                   classifier_metrics: Path, timings: dict | None = None) -> dict:
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = read_json(summary_path) if summary_path.is_file() else None
     summary_note = (f"{summary_path} read" if summary is not None else
                     f"{summary_path} not found: every claim reads 'not run'")
     summary = summary or {}
@@ -195,7 +197,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
             "related": item.get("related", []),
         })
     follow = summary.get(FOLLOW_UP_ID) or {}
-    clf = _read_json(classifier_metrics) if classifier_metrics.is_file() else None
+    clf = read_json(classifier_metrics) if classifier_metrics.is_file() else None
     all_timings = dict((summary.get("_meta") or {}).get("timings") or {})
     all_timings.update(timings or {})
     if clf:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from licm import config, data
+from licm.report import read_json, run_seconds
 
 REDUCED = "reduced scale"
 # "Close to the upper bound" (LICM c2, c7): within this many accuracy points of the originals.
@@ -35,36 +36,24 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
-def _read(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class Experiment:
-    """One experiment's record, runs and evaluations as found on disk."""
+    """One experiment's finished runs (`figures.load_runset`: the same reading as the figures) and evaluations."""
 
-    def __init__(self, name: str, runs_dir: Path, eval_dir: Path):
-        self.name = name
-        self.record = _read(runs_dir / name / "experiment.json") or {}
-        self.profile = self.record.get("profile")
-        self.runs, self.evals, self.seconds = [], [], 0.0
-        for seed in self.record.get("seeds", []) if self.record.get("selected") else []:
-            metrics = _read(runs_dir / name / f"seed{seed}" / "metrics.json")
-            if metrics is None:
-                continue
-            metrics["seed"] = seed
-            self.runs.append(metrics)
-            ev = _read(eval_dir / name / f"seed{seed}.json")
+    def __init__(self, name: str, runs_dir: Path, eval_dir: Path, params: dict):
+        from licm.figures import MissingArtifact, load_runset
+
+        self.name, self.profile, self.runs, self.evals, self.seconds = name, None, [], [], 0.0
+        try:
+            runset = load_runset(runs_dir, name, params)
+        except MissingArtifact:
+            return
+        self.profile = runset.profile
+        for seed, metrics in sorted(runset.metrics.items()):
+            self.runs.append({**metrics, "seed": seed})
+            ev = read_json(eval_dir / name / f"seed{seed}.json")
             if ev is not None:
                 self.evals.append(ev)
-            meta = _read(runs_dir / name / f"seed{seed}" / "meta.json") or {}
-            try:
-                from datetime import datetime
-                self.seconds += (datetime.fromisoformat(meta["finished"]) - datetime.fromisoformat(meta["started"])).total_seconds()
-            except (KeyError, TypeError, ValueError):
-                pass
+            self.seconds += run_seconds(read_json(runset.folders[seed] / "meta.json") or {}) or 0.0
 
     @property
     def ran(self) -> bool:
@@ -380,7 +369,7 @@ def follow_up(main: Experiment, expanded: Experiment, detach: Experiment) -> dic
 # ---------------------------------------------------------------- the file
 
 def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: Path, restoration: Path) -> dict:
-    exps = {name: Experiment(name, runs_dir, eval_dir) for name in params["experiments"]}
+    exps = {name: Experiment(name, runs_dir, eval_dir, params) for name in params["experiments"]}
     get = exps.__getitem__
     out = {
         "licm-c1": claim_c1(get("main")),
@@ -391,7 +380,7 @@ def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: 
         "licm-c6": claim_c6(get("canonical_64")),
         "licm-c7": claim_c7(get("experts_16")),
         "licm-c8": claim_c8(get("experts_6")),
-        "licm-c9": claim_c9(_read(restoration), get("main")),
+        "licm-c9": claim_c9(read_json(restoration), get("main")),
         "expand-c1": claim_expand_c1(get("main"), get("detach_scores")),
         "expand-c2": claim_expand_c2(get("main"), [get(n) for n in ("expand_wasserstein", "expand_ttur",
                                                                      "expand_label_smoothing")]),
@@ -399,7 +388,7 @@ def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: 
         "follow-up-question": follow_up(get("main"), get("expanded"), get("detach_scores")),
     }
     timings = {f"training {name} ({len(e.runs)} runs, summed)": round(e.seconds, 1) for name, e in exps.items() if e.ran}
-    clf = _read(classifier_metrics)
+    clf = read_json(classifier_metrics)
     if clf:
         timings["classifier training"] = clf.get("train_seconds")
     out["_meta"] = {"profile": params["profile"], "params_hash": config.params_hash(params), "timings": timings,

@@ -570,7 +570,6 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
         _write_history(out, history_tensors(), names)
 
     if not evaluations["iterations"] or evaluations["iterations"][-1] != T:   # finished checkpoint, evaluation lost
-        evaluations = _load_evaluations(out, T - 1)
         evaluate_now(T)
         _write_evaluations(out, evaluations, test, eval_rows)
 
