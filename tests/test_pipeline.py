@@ -7,62 +7,21 @@ Select with `-m pipeline`. Needs the prepared data (data/prepared of the checkou
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from smoke_repo import SMK, build_smoke_repo, data_source, env, ran_jobs, set_params, sh, trained, tree_hashes
 
 pytestmark = pytest.mark.pipeline
-
-BIN = Path(sys.executable).parent
-SUBSAMPLE = {"train_transformed": 600, "train_canonical": 600, "test": 300}
-
-
-def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    env.pop("LICM_DATA_MIRROR", None)  # the copy must not fetch anything: its data is there
-    t0 = time.time()
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    print(f"[{time.time() - t0:5.1f}s] {cmd}")
-    if check and proc.returncode != 0:
-        raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-SMK = "snakemake --workflow-profile workflow/profiles/default --cores 2"
-
-
-def ran_jobs(output: str) -> set[tuple]:
-    """(rule, wildcards) of the jobs a snakemake run (or dry run) lists."""
-    jobs, rule = set(), None
-    for line in output.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
-        if m:
-            rule = m.group(1)
-            jobs.add((rule, ""))
-            continue
-        m = re.match(r"^wildcards: (.*)$", line.strip())
-        if m and rule:
-            jobs.discard((rule, ""))
-            jobs.add((rule, m.group(1)))
-    return jobs
-
-
-def trained(output: str) -> set[str]:
-    return {w for r, w in ran_jobs(output) if r == "train"}
-
 
 # The DVC stage that runs (records) the jobs of each Snakemake rule.
 RULE_STAGE = {"plan": "plan", "train": "train@{experiment}", "collect": "train@{experiment}",
@@ -98,73 +57,11 @@ def dvc_downstream(repo: Path) -> dict[str, set[str]]:
     return closure
 
 
-def set_params(repo: Path, edit) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    edit(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def tree_hashes(root: Path, *folders: str) -> dict:
-    out = {}
-    for folder in folders:
-        for f in sorted((root / folder).rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(root))] = hashlib.md5(f.read_bytes()).hexdigest()
-    return out
-
-
-def _source_prepared(mirror_fixture) -> Path:
-    here = REPO / "data" / "prepared"
-    if all((here / d / "test.npz").is_file() for d in ("paper", "expanded")) and (REPO / "data" / "raw").is_dir():
-        return REPO / "data"
-    return mirror_fixture()
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, request) -> Path:
     """A smoke-scale copy of the repository, git-initialised, data in place and recorded in DVC."""
-    root = tmp_path_factory.mktemp("pipeline") / "repo"
-    files = sh("git ls-files -co --exclude-standard", REPO).stdout.split()
-    for rel in files:  # sources first, data later: the data must look newer than the code
-        src = REPO / rel
-        if src.is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / rel)
-
-    def from_fixture():
-        prepared = request.getfixturevalue("prepared")
-        return Path(prepared["folder"])
-
-    source = _source_prepared(from_fixture)
-    raw_src = source / "raw"
-    prep_src = source / "prepared"
-    shutil.copytree(raw_src, root / "data" / "raw")
-    rng = np.random.default_rng(0)
-    for domain in ("paper", "expanded"):
-        out = root / "data" / "prepared" / domain
-        out.mkdir(parents=True)
-        shutil.copy(prep_src / domain / "mechanisms.json", out / "mechanisms.json")
-        for split, n in SUBSAMPLE.items():
-            with np.load(prep_src / domain / f"{split}.npz") as z:
-                keep = np.sort(rng.choice(len(z["images"]), n, replace=False))
-                np.savez(out / f"{split}.npz", **{k: z[k][keep] for k in z.files})
-    # Copies keep the sources' mtimes: data (raw, then prepared) must look newer than the code.
-    now = time.time()
-    for i, folder in enumerate(("data/raw", "data/prepared")):
-        for f in (root / folder).rglob("*"):
-            os.utime(f, (now + i + 1, now + i + 1))
-    text = (root / "params.yaml").read_text()
-    (root / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: smoke", text, count=1))
-    for f in ("dvc.lock",):
-        (root / f).unlink(missing_ok=True)
-    remote = root.parent / "remote"
-    sh("git init -q && git config user.email t@t && git config user.name t", root)
-    sh(f"dvc remote add -f -d local {remote}", root)
-    # Record the data stages without recomputing them (the documented `dvc commit -f`).
-    sh("dvc commit -f fetch prepare@paper prepare@expanded", root)
-    sh("git add -A && git commit -qm base", root)
-    return root
+    source = data_source(lambda: Path(request.getfixturevalue("prepared")["folder"]))
+    return build_smoke_repo(tmp_path_factory.mktemp("pipeline") / "repo", source)
 
 
 def test_dag_consistency(repo):
@@ -379,11 +276,10 @@ def test_killed_job_resumes(repo):
         set_params(repo, lambda p: p["profiles"]["smoke"].update(only_experiments=["single_net_32"]) or
                    p["profiles"]["smoke"]["experiments"].update(single_net_32={"overrides": {"train": {
                        "iterations": 100000, "checkpoint_every": 1, "eval_every": 100000}}}))
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
         log = repo / "logs" / "killed-test-snakemake.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "w") as fh:
-            proc = subprocess.Popen(f"exec {SMK} experiment_single_net_32", shell=True, cwd=repo, env=env,
+            proc = subprocess.Popen(f"exec {SMK} experiment_single_net_32", shell=True, cwd=repo, env=env(),
                                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 deadline = time.time() + 180

@@ -441,6 +441,8 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
     generator = torch.Generator().manual_seed(seed)
     disc_opt = torch.optim.Adam(disc.parameters(), lr=t["lr_discriminator"], betas=tuple(t["adam_betas"]))
     cfg = StepConfig.from_params(params)
+    if (t["expert_scores_from"], t["d_update"]) != ("d_before_update", "joint"):  # interim, until the new engine
+        raise LicmError("train.expert_scores_from / train.d_update: only the literal step is implemented yet")
     history = {"iteration": [], "score_sum": [], "count": [], "wins": []}
     meta = {"seed": seed, "device": str(device), "implementation": implementation,
             "torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit(),
@@ -588,6 +590,17 @@ def run(params: dict, seed: int, out: str | os.PathLike, device: torch.device | 
 
 # ---------------------------------------------------------------- CLI
 
+def parse_seeds(text: str) -> list[int]:
+    """`0-9`, `0,3,5`, `0-2,7` -> sorted unique seeds; a clear error otherwise."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise LicmError(f"--seeds: expected seeds like 0-9, 0,3,5 or 0-2,7, given {text!r}")
+        seeds.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(seeds)
+
+
 def _cmd_train(args) -> None:
     params = config.load(args.params, profile=args.profile)
     params = config.experiment(params, args.experiment)
@@ -597,19 +610,39 @@ def _cmd_train(args) -> None:
         params["device"] = args.device
     config.validate(params, "params (with command-line overrides)")
     dev = config.device(params["device"])
-    out = Path(args.out) if args.out else Path("results/runs") / args.experiment / f"seed{args.seed}"
-    metrics = run(params, args.seed, out, dev, progress=not args.no_progress)
-    print(f"licm train: {out}: {metrics['distinct_winners']}/{len(metrics['mechanisms'])} mechanisms won "
-          f"(>50%) by distinct experts; fully specialized: {metrics['fully_specialized']}")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    if args.log:  # interim: everything to the log (the engine rewrite adds progress lines on the terminal)
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout = sys.stderr = open(args.log, "a", buffering=1)
+    if args.out and len(seeds) != 1:
+        raise LicmError("--out: only with one seed (several seeds go to <runs>/<experiment>/seed<K>)")
+    for seed in seeds:
+        out = Path(args.out) if args.out else Path(args.runs) / args.experiment / f"seed{seed}"
+        if args.restart_if_changed and (out / "params.json").is_file() and not (out / "metrics.json").is_file():
+            old = json.loads((out / "params.json").read_text())
+            if _comparable(old) != _comparable(params):
+                print(f"licm train: {out}: params changed, discarding its checkpoint", file=sys.stderr)
+                for f in ("checkpoint.pt", "params.json", "meta.json"):
+                    (out / f).unlink(missing_ok=True)
+        metrics = run(params, seed, out, dev, progress=not args.no_progress)
+        print(f"licm train: {out}: {metrics['distinct_winners']}/{len(metrics['mechanisms'])} mechanisms won "
+              f"(>50%) by distinct experts; fully specialized: {metrics['fully_specialized']}")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a committee of experts (LICM Alg. 1) into a run folder",
-                       description="Train, resume, or recognise as finished one run: results/runs/<experiment>/seed<K>.")
+    p = sub.add_parser("train", help="train a committee of experts (LICM Alg. 1) into run folders",
+                       description="Train, resume, or recognise as finished the runs results/runs/<experiment>/seed<K> "
+                                   "of one experiment (several seeds: together, in one network where batched).")
     p.add_argument("--experiment", required=True, help="a key of `experiments:` in params.yaml")
-    p.add_argument("--seed", type=int, required=True, help="seeds initialisation and minibatch sampling")
-    p.add_argument("--out", default=None, help="run folder (default results/runs/<experiment>/seed<K>)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seeds", default=None, help="seeds trained together: 0-9, 0,3,5 or 0-2,7")
+    which.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds K)")
+    p.add_argument("--runs", default="results/runs", help="run folders <runs>/<experiment>/seed<K> (default: %(default)s)")
+    p.add_argument("--out", default=None, help="the run folder, for one seed (default <runs>/<experiment>/seed<K>)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: params `device:`)")
     p.add_argument("--iterations", type=int, default=None, help="override train.iterations")
+    p.add_argument("--log", default=None, help="append the full log to this file; the terminal gets progress lines")
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="a run folder whose checkpoint holds other params is restarted instead of refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
