@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,19 @@ def _raw_test_digits(raw_dir: Path) -> np.ndarray:
     return np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
 
 
+def _raw_evaluations(run: Path) -> dict:
+    """A run's evaluation/ folder read file by file: digits.npz, then it<iteration>.npz in order."""
+    ev = dict(np.load(run / "evaluation" / "digits.npz"))
+    parts = sorted((run / "evaluation").glob("it*.npz"))
+    ev["iterations"] = [int(p.stem[2:]) for p in parts]
+    ev["winner"] = np.stack([np.load(p)["winner"] for p in parts])
+    ev["outputs"] = np.stack([np.load(p)["outputs"] for p in parts])
+    return ev
+
+
 def test_evaluate_run_against_direct_computation(tiny_run):
     result = evaluate.evaluate_run(tiny_run["run"], tiny_run["classifier"])
-    ev = np.load(tiny_run["run"] / "evaluation.npz")
+    ev = _raw_evaluations(tiny_run["run"])
     model = clf.load_classifier(tiny_run["classifier"])
     p = tiny_run["params"]
     test = np.load(Path(p["data"]["prepared_dir"]) / "paper" / "test.npz")
@@ -68,15 +79,13 @@ def test_evaluate_run_against_direct_computation(tiny_run):
 
 def test_evaluate_refuses_unfinished_run_and_changed_data(tiny_run, tmp_path):
     (tmp_path / "params.json").write_text("{}")
-    with pytest.raises(LicmError, match="evaluation.npz: missing"):
+    with pytest.raises(LicmError, match="metrics.json: missing; the run is not finished"):
         evaluate.evaluate_run(tmp_path, tiny_run["classifier"])
     bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in ("metrics.json", "params.json", "meta.json"):
-        (bad / f).write_bytes((tiny_run["run"] / f).read_bytes())
-    z = dict(np.load(tiny_run["run"] / "evaluation.npz"))
+    shutil.copytree(tiny_run["run"], bad)
+    z = dict(np.load(bad / "evaluation" / "digits.npz"))
     z["label"] = (z["label"] + 1) % 10
-    np.savez(bad / "evaluation.npz", **z)
+    np.savez(bad / "evaluation" / "digits.npz", **z)
     with pytest.raises(LicmError, match="do not match"):
         evaluate.evaluate_run(bad, tiny_run["classifier"])
 

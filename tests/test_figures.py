@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from licm import config, figures, models
+from licm.rundir import RunDir
 from licm.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,16 +177,17 @@ def _expert_formula(w: int, hidden: int) -> int:
 def test_architecture_table_counts_equal_the_built_models(profile):
     params = config.load(ROOT / "params.yaml", profile=profile)
     arch = figures.architecture(params)
-    committee, disc = models.build(config.experiment(params, "main"), "loop")
+    committee, disc = models.build(config.experiment(params, "main"), [0])
     m = params["model"]
-    expert_sum = sum(p.numel() for p in committee.experts[0].parameters())
+    expert = models.Expert(m["expert_width"], m["expert_hidden_layers"], m["receptive_field"])
+    expert_sum = sum(p.numel() for p in expert.parameters())
     assert arch["expert_total"] == expert_sum == _expert_formula(m["expert_width"], m["expert_hidden_layers"])
     assert arch["committee_total"] == sum(p.numel() for p in committee.parameters()) == m["experts"] * expert_sum
     assert arch["discriminator_total"] == sum(p.numel() for p in disc.parameters())
     # The table's rows add up to the same totals, and every module is in exactly one row.
     assert sum(r["params"] for r in figures.table_rows(arch["expert"])) == expert_sum
     assert sum(r["params"] for r in figures.table_rows(arch["discriminator"])) == arch["discriminator_total"]
-    assert len(arch["expert"]) == len(list(committee.experts[0].net.children()))
+    assert len(arch["expert"]) == len(list(expert.net.children()))
     # Output shapes from the forward hooks, checked against the architecture's arithmetic.
     w = m["expert_width"]
     expected = [(w, 32, 32)] * (1 + m["expert_hidden_layers"]) + [(1, 32, 32)]
@@ -208,8 +210,7 @@ def test_architecture_of_a_wasserstein_critic_has_no_sigmoid():
 
 def test_fig5_matrices_recomputed_from_the_recorded_winners(world):
     folder = world["runs"] / "main" / "seed0"
-    with np.load(folder / "evaluation.npz") as z:
-        ev = {k: z[k] for k in z.files}
+    ev = RunDir(folder).evaluation()
     n = world["params"]["model"]["experts"]
     assert n == 3 and ev["iterations"].tolist() == [0, 2, 4]
     (it0, m0), (it1, m1) = figures.win_matrices(ev, 3, n, 1000)
@@ -240,7 +241,7 @@ def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     runs = tmp_path / "runs"
     (runs / "main" / "seed0").mkdir(parents=True)
     src = world["runs"] / "main" / "seed0"
-    for f in ("metrics.json", "params.json", "history.csv", "checkpoint.pt"):     # a run without evaluation.npz
+    for f in ("metrics.json", "params.json", "history.csv", "checkpoint.pt"):     # a run without evaluations
         (runs / "main" / "seed0" / f).write_bytes((src / f).read_bytes())
     (runs / "main" / "experiment.json").write_text(json.dumps(
         {"experiment": "main", "profile": "smoke", "selected": True, "seeds": [0], "runs": {}}))
@@ -253,7 +254,7 @@ def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     assert status["expand-fig8"].startswith("placeholder: expanded: not run at profile smoke")
     assert "expand_wasserstein" in status["expand-fig7"] and "does not exist" in status["expand-fig7"]
     assert "experts_16" in status["licm-fig9"] and "experts_6" in status["licm-fig9"]
-    assert "evaluation.npz" in status["licm-fig3"] and "no evaluation" in status["licm-fig6"]
+    assert "holds no evaluation" in status["licm-fig3"] and "no evaluation" in status["licm-fig6"]
     # The placeholder's text: figure, description, missing experiment, profile and the command to make it.
     with pytest.raises(figures.MissingArtifact) as info:
         figures.load_runset(runs, "expanded", world["params"])

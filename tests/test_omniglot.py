@@ -172,18 +172,17 @@ def test_fig7_grid_draws(params, letters, tmp_path):
 
 def test_figures_from_a_run_folder(params, tmp_path):
     """licm_fig7/licm_fig8 through licm.load_run on a freshly initialized (untrained) committee."""
-    models = pytest.importorskip("licm.models")
     from licm import omniglot
+    from licm.rundir import RunDir
+    from licm.state import RunState
 
     p = {k: v for k, v in params.items() if k != "_folder"}
     p["model"] = {**p["model"], "expert_width": 4}     # small experts: the plumbing is under test, not the nets
-    experts, disc = models.build(p, "loop")
+    names = p["domains"][p["train"]["domain"]]
     run = tmp_path / "runs" / "main" / "seed0"
     run.mkdir(parents=True)
     (run / "params.json").write_text(json.dumps(p))
-    torch.save({"implementation": "loop", "committee": experts.state_dict(), "discriminator": disc.state_dict()},
-               run / "checkpoint.pt")
-    names = p["domains"][p["train"]["domain"]]
+    RunDir(run).save_checkpoint({**RunState.fresh(p, [0], len(names), "cpu", "loop").checkpoint(0), "history": {}})
     win = np.eye(len(names), p["model"]["experts"])
     (run / "metrics.json").write_text(json.dumps({"mechanisms": names, "win_matrix": win.tolist()}))
     assert omniglot.run_assignment(run, names) == list(range(len(names)))

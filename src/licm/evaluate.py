@@ -2,7 +2,7 @@
 pretrained MNIST classifier reads the winners' outputs (LICM Fig. 5, 6; claims c1-c8).
 
 `licm train` records, at every evaluation, each evaluated test digit's winning expert and that
-expert's output (the run's evaluation.npz; `winners_and_outputs`). `licm evaluate` turns one run's
+expert's output (the run folder's evaluation/, licm.rundir.RunDir). `licm evaluate` turns one run's
 record into numbers over iterations: win matrices, specialization, and classifier accuracy on the
 transformed digits, on the winners' outputs and on the original digits (results/eval/<E>/seed<K>.json).
 It needs no model, only the record and the classifier, so a new classifier re-runs no training.
@@ -22,36 +22,28 @@ from licm.config import LicmError
 
 
 @torch.no_grad()
-def winners_and_outputs(committee, discriminator, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def winners_and_outputs(experts, discriminator, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Each digit's winning expert and that expert's output: (winner int64 [n], output float32 [n,H,W]).
 
-    images: [n,H,W] or [n,1,H,W] (numpy or tensor) in [0,1]. The winner is the expert whose output D
-    scores highest, with experts and D in eval mode (BatchNorm running statistics), so a digit's
-    winner does not depend on the other digits of its batch. Consumes no random numbers and leaves
-    the modules' modes as it found them, so evaluating during training does not change training.
+    experts, discriminator: one run's networks (licm.load_run). images: [n,H,W] or [n,1,H,W] in [0,1].
+    The winner comes from licm.step.compete with BatchNorm's running statistics (eval mode), so a
+    digit's winner does not depend on the other digits of its batch; no random numbers are drawn.
     """
-    device = next(committee.parameters()).device
-    images = torch.as_tensor(np.asarray(images), dtype=next(committee.parameters()).dtype)
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    n_experts = committee.n_experts
-    modes = (committee.training, discriminator.training)
-    committee.eval()
-    discriminator.eval()
+    from licm.step import compete
+
+    committee, discs = experts.committee, discriminator.discs
+    param = next(committee.parameters())
+    images = torch.as_tensor(np.asarray(images), dtype=param.dtype)
+    if images.dim() == 4:
+        images = images[:, 0]
     winners, outputs = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
-            out = committee(x)                                          # [b, N', 1, H, W]
-            scores = discriminator.logits(out.flatten(0, 1)).view(len(x), n_experts)
-            win = scores.argmax(dim=1)
-            winners.append(win.cpu())
-            outputs.append(out[torch.arange(len(x), device=device), win, 0].float().cpu())
-    finally:
-        committee.train(modes[0])
-        discriminator.train(modes[1])
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(param.device).unsqueeze(1)      # [b, 1 seed, H, W]
+        out, _, win = compete(committee, discs, x, "running")
+        winners.append(win[:, 0].cpu())
+        outputs.append(out[torch.arange(len(x)), 0, win[:, 0]].float().cpu())
     if not winners:
-        return np.zeros(0, np.int64), np.zeros((0, *images.shape[2:]), np.float32)
+        return np.zeros(0, np.int64), np.zeros((0, *images.shape[1:]), np.float32)
     return torch.cat(winners).numpy().astype(np.int64), torch.cat(outputs).numpy()
 
 
@@ -95,17 +87,15 @@ def _per_mechanism(correct: np.ndarray, mechanisms: np.ndarray, n_mechanisms: in
 
 
 def load_record(run_dir: Path) -> dict:
-    """A run's evaluation.npz, metrics.json and params.json, or a clear error."""
-    files = {"evaluation": run_dir / "evaluation.npz", "metrics": run_dir / "metrics.json",
-             "params": run_dir / "params.json"}
-    for path in files.values():
-        if not path.is_file():
-            raise LicmError(f"{path}: missing; the run is not finished. Fix: run `licm train` for {run_dir}")
-    with np.load(files["evaluation"]) as z:
-        record = {k: z[k] for k in z.files}
-    record["metrics"] = json.loads(files["metrics"].read_text())
-    record["params"] = json.loads(files["params"].read_text())
-    return record
+    """A finished run's evaluations, metrics.json and params.json (licm.rundir.RunDir), or a clear error."""
+    from licm.rundir import RunDir
+
+    run = RunDir(run_dir)
+    metrics = run.metrics()
+    if metrics is None:
+        raise LicmError(f"{run.path / 'metrics.json'}: missing; the run is not finished. "
+                        f"Fix: run `licm train` for {run_dir}")
+    return {**run.evaluation(), "metrics": metrics, "params": run.params(), "meta": run.meta() or {}}
 
 
 def evaluate_run(run_dir: str | Path, classifier_path: str | Path, device: str = "cpu") -> dict:
@@ -135,8 +125,7 @@ def evaluate_run(run_dir: str | Path, classifier_path: str | Path, device: str =
                       "accuracy_experts_per_mechanism": _per_mechanism(experts_ok, mech, M),
                       "win_matrix": matrix.round(6).tolist(), **specialization(matrix)})
     return {
-        "run": str(run_dir), "seed": int(json.loads((run_dir / "meta.json").read_text())["seed"])
-        if (run_dir / "meta.json").is_file() else None,
+        "run": str(run_dir), "seed": rec["meta"].get("seed"),
         "mechanisms": names, "experts": N, "examples": int(len(rows)), "iterations": metrics["iterations"],
         "classifier": str(classifier_path),
         "accuracy_transformed": float(transformed_ok.mean()),
@@ -163,7 +152,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="numbers over iterations of one finished run (win matrices, classifier accuracy)",
-                       description="Read a run's evaluation.npz and score the winners' outputs with the MNIST classifier.")
+                       description="Read a run's evaluations and score the winners' outputs with the MNIST classifier.")
     p.add_argument("--run", required=True, help="run folder, e.g. results/runs/main/seed0")
     p.add_argument("--classifier", default="results/classifier/classifier.pt", help="default: %(default)s")
     p.add_argument("--out", required=True, help="JSON to write, e.g. results/eval/main/seed0.json")

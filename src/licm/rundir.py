@@ -1,0 +1,240 @@
+"""A run folder, results/runs/<experiment>/seed<K>/, and the one class that reads and writes it.
+
+    params.json      the run's resolved params (what its result depends on)
+    meta.json        seed, seeds trained together, device, engine settings, versions, commit, times
+    checkpoint.pt    the run's state at its last checkpoint (weights, BN statistics, both Adams,
+                     iteration, identity-init steps, history); written atomically
+    history.csv      per logged iteration, expert and mechanism: mean D score and wins (training batches)
+    evaluation/      one file per evaluation (after identity init, every eval_every, the end):
+                     digits.npz (which test digits), it<iteration>.npz (each digit's winner and its
+                     output). Appended to: a new evaluation is a new file, never a rewrite.
+    metrics.json     written LAST and atomically: its presence means the run is finished
+
+Everything that reads or writes a run folder goes through `RunDir` (training, evaluation, figures,
+Omniglot, summary, report, pipeline, licm.load_run), so they agree on what a run is and which
+runs exist (`finished_runs`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from licm import data
+from licm.config import LicmError
+
+# What a run's result depends on, less what may change between a run and its resume: how far it
+# goes and how often it saves, and how it is computed (layout, compilation, precision, determinism
+# change round-off only).
+RESUMABLE = ("iterations", "checkpoint_every", "implementation", "compile", "precision", "deterministic")
+
+
+def comparable(params: dict) -> dict:
+    """The part of a run's params that its checkpoint depends on (see RESUMABLE)."""
+    t = {k: v for k, v in params["train"].items() if k not in RESUMABLE}
+    return json.loads(json.dumps({"model": params["model"], "aii": params["aii"], "train": t,
+                                  "domain": params["domains"][params["train"]["domain"]],
+                                  "mechanisms": params["mechanisms"]}))
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LicmError(f"{path}: unreadable ({exc}). Fix: delete it (or the run folder) and re-run `licm train`")
+
+
+class RunDir:
+    """One run folder (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, runs_dir: str | Path, experiment: str, seed: int) -> "RunDir":
+        return cls(Path(runs_dir) / experiment / f"seed{seed}")
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.path / "evaluation"
+
+    # ------------------------------------------------------------ reading
+
+    def params(self) -> dict:
+        got = _read_json(self.path / "params.json")
+        if got is None:
+            raise LicmError(f"{self.path}: not a run folder (no params.json). Fix: run `licm train` first")
+        return got
+
+    def meta(self) -> dict | None:
+        return _read_json(self.path / "meta.json")
+
+    def metrics(self) -> dict | None:
+        """metrics.json of a finished run, None while unfinished."""
+        return _read_json(self.path / "metrics.json")
+
+    def is_finished(self) -> bool:
+        return (self.path / "metrics.json").is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_file.is_file()
+
+    def load_checkpoint(self, map_location="cpu") -> dict:
+        """The checkpoint, validated; a corrupt or foreign file stops with an error naming it and the
+        fix, and nothing is overwritten."""
+        import torch
+
+        from licm.state import CHECKPOINT_FORMAT
+
+        path = self.checkpoint_file
+        fix = (f"Fix: restore it (`dvc checkout {path}` if it was versioned) or delete it to retrain this run "
+               f"from the start; nothing was overwritten")
+        try:
+            ck = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}") from None
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+            raise LicmError(f"{path}: unreadable checkpoint, truncated or corrupt ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}). {fix}") from None
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            got = ck.get("format", 1) if isinstance(ck, dict) else type(ck).__name__
+            raise LicmError(f"{path}: checkpoint format {got}, this licm reads format {CHECKPOINT_FORMAT} "
+                            f"(made by another version of licm). Fix: delete {self.path} and retrain it")
+        return ck
+
+    def evaluation(self, keys: tuple[str, ...] | None = None, upto: int | None = None) -> dict[str, np.ndarray]:
+        """Every evaluation as arrays: iterations [E], test_index, mechanism, label [n], winner [E,n],
+        outputs [E,n,H,W] uint8; only `keys` of them if given (outputs are tens of MB at paper scale)."""
+        digits = self.evaluation_dir / "digits.npz"
+        if not digits.is_file():
+            raise LicmError(f"{self.evaluation_dir}: no evaluations. Fix: run `licm train` for {self.path}")
+        with np.load(digits) as z:
+            out = {k: z[k] for k in z.files}
+        its = self.evaluation_iterations(upto)
+        wanted = set(keys or ("iterations", "test_index", "mechanism", "label", "winner", "outputs"))
+        n, parts = len(out["test_index"]), {"winner": [], "outputs": []}
+        for it in its:
+            if wanted & {"winner", "outputs"}:
+                with np.load(self._evaluation_file(it)) as z:
+                    for k in parts:
+                        if k in wanted:
+                            parts[k].append(z[k])
+        out["iterations"] = np.asarray(its, dtype=np.int64)
+        if "winner" in wanted:
+            out["winner"] = np.stack(parts["winner"]) if parts["winner"] else np.zeros((0, n), np.int16)
+        if "outputs" in wanted:
+            out["outputs"] = np.stack(parts["outputs"]) if parts["outputs"] else np.zeros((0, n, 0, 0), np.uint8)
+        return {k: v for k, v in out.items() if k in wanted}
+
+    def evaluation_iterations(self, upto: int | None = None) -> list[int]:
+        its = sorted(int(p.stem[2:]) for p in self.evaluation_dir.glob("it*.npz"))
+        return [i for i in its if upto is None or i <= upto]
+
+    def history(self):
+        import pandas as pd
+
+        path = self.path / "history.csv"
+        if not path.is_file():
+            raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}")
+        return pd.read_csv(path)
+
+    def load_models(self):
+        """(experts, discriminator, params) on the CPU in eval mode: the single-run interface of
+        licm.load_run (experts(x[B,1,H,W]) -> [B,N',1,H,W]; discriminator(x) -> [B])."""
+        from licm import models
+
+        params = self.params()
+        ck = self.load_checkpoint()
+        committee, discs = models.empty(params, 1, "loop")
+        committee.load_state_dict(ck["committee"])
+        discs.load_state_dict(ck["discriminator"])
+        return models.SeedExperts(committee).eval(), models.SeedDiscriminator(discs).eval(), params
+
+    # ------------------------------------------------------------ the resume rule
+
+    def status(self, params: dict, restart_if_changed: bool = False) -> str:
+        """`finished` (metrics.json at params' iterations, same params), `resume` (a checkpoint of
+        the same params), or `fresh`. A checkpoint of other params is an error, or, with
+        `restart_if_changed` (the pipeline re-runs a job because its params changed), discarded."""
+        if not self.has_checkpoint():
+            return "fresh"
+        old = self.params() if (self.path / "params.json").is_file() else None
+        if old is None or comparable(old) != comparable(params):
+            if not restart_if_changed:
+                raise LicmError(f"{self.path}: holds a run with other params. Fix: use another --out, delete the "
+                                "folder, or pass --restart-if-changed to discard it")
+            return "fresh"
+        metrics = self.metrics()
+        if metrics and metrics.get("iterations") == params["train"]["iterations"]:
+            return "finished"
+        return "resume"
+
+    # ------------------------------------------------------------ writing (licm train only)
+
+    def start(self, params: dict, meta: dict, digits: dict[str, np.ndarray]) -> None:
+        """A fresh run: clear what an earlier attempt left, write params, meta and the evaluated digits."""
+        for name in ("metrics.json", "history.csv", "checkpoint.pt", "meta.json", "params.json"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.evaluation_dir, ignore_errors=True)
+        self.evaluation_dir.mkdir(parents=True)
+        self.write_json("params.json", params)
+        self.write_json("meta.json", meta)
+        data.write_npz(self.evaluation_dir / "digits.npz", digits, compress=True)
+
+    def resume(self, iteration: int, meta_update: dict) -> dict:
+        """Continue from the checkpoint at `iteration`: drop later evaluations and metrics (they are
+        redone), record the resume in meta.json; returns the meta."""
+        (self.path / "metrics.json").unlink(missing_ok=True)
+        for it in self.evaluation_iterations():
+            if it > iteration:
+                self._evaluation_file(it).unlink()
+        meta = self.meta() or {}
+        meta.update({k: v for k, v in meta_update.items() if k not in ("started", "resumed")})
+        meta.setdefault("resumed", []).append({"at": meta_update["started"], "iteration": iteration})
+        meta.pop("finished", None)
+        self.write_json("meta.json", meta)
+        return meta
+
+    def write_json(self, name: str, obj) -> None:
+        data.atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def save_checkpoint(self, state: dict) -> None:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data.atomic_write_bytes(self.checkpoint_file, buf.getvalue())
+
+    def append_evaluation(self, iteration: int, winner: np.ndarray, outputs: np.ndarray) -> None:
+        data.write_npz(self._evaluation_file(iteration), {"winner": winner.astype(np.int16),
+                                                          "outputs": outputs.astype(np.uint8)}, compress=True)
+
+    def write_history(self, frame) -> None:
+        data.atomic_write_text(self.path / "history.csv", frame.to_csv(index=False))
+
+    def _evaluation_file(self, iteration: int) -> Path:
+        return self.evaluation_dir / f"it{iteration:06d}.npz"
+
+
+def finished_runs(runs_dir: str | Path, experiment: str, seeds: list[int]) -> dict[int, RunDir]:
+    """The finished runs (metrics.json present) among an experiment's `seeds`, by seed."""
+    dirs = {s: RunDir.of(runs_dir, experiment, s) for s in seeds}
+    return {s: d for s, d in dirs.items() if d.is_finished()}
+
+
+__all__ = ["RunDir", "RESUMABLE", "comparable", "finished_runs"]
