@@ -44,20 +44,40 @@ def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 300) -> subproces
     return proc
 
 
+# A training job of several seeds: rule train_<experiment>_seeds<a>-<b>[_<c>...] (workflow/rules/train.smk).
+BATCH_RULE = re.compile(r"train_(?P<experiment>[a-z][a-z0-9_]*)_seeds(?P<seeds>[0-9][0-9_-]*)")
+
+
 def ran_jobs(output: str) -> set[tuple]:
-    """(rule, wildcards) of the jobs a snakemake run (or dry run) lists."""
+    """(rule, wildcards) of the jobs a snakemake run (or dry run) lists. A batched training job counts as
+    one `train` job per seed ("experiment=E, seed=K"), as if each seed had had a job of its own."""
     jobs, rule = set(), None
     for line in output.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        m = re.match(r"^(?:local)?rule (\S+):", line.strip())
         if m:
             rule = m.group(1)
-            jobs.add((rule, ""))
+            batch = BATCH_RULE.fullmatch(rule)
+            if batch:
+                jobs.update(("train", f"experiment={batch['experiment']}, seed={s}")
+                            for s in parse_seeds(batch["seeds"].replace("_", ",")))
+                rule = None
+            else:
+                jobs.add((rule, ""))
             continue
         m = re.match(r"^wildcards: (.*)$", line.strip())
         if m and rule:
             jobs.discard((rule, ""))
             jobs.add((rule, m.group(1)))
     return jobs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5]."""
+    seeds = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi or lo) + 1))
+    return seeds
 
 
 def trained(output: str) -> set[str]:
@@ -82,9 +102,9 @@ def tree_hashes(root: Path, *folders: str) -> dict:
     return out
 
 
-def source_files() -> list[str]:
+def source_files(repo: Path = REPO) -> list[str]:
     """The repository's sources: tracked and untracked-not-ignored files, less anything built."""
-    files = sh("git ls-files -co --exclude-standard", REPO).stdout.split()
+    files = sh("git ls-files -co --exclude-standard", repo).stdout.split()
     return [f for f in files if not f.startswith(BUILT)]
 
 

@@ -7,6 +7,7 @@ Select with `-m pipeline`. Needs the prepared data (data/prepared of the checkou
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -19,15 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoke_repo import SMK, build_smoke_repo, data_source, env, ran_jobs, set_params, sh, trained, tree_hashes
+from smoke_repo import (BATCH_RULE, SMK, build_smoke_repo, data_source, env, ran_jobs, set_params, sh, source_files,
+                        trained, tree_hashes)
+
+from licm.stages import RULE_STAGE
 
 pytestmark = pytest.mark.pipeline
-
-# The DVC stage that runs (records) the jobs of each Snakemake rule.
-RULE_STAGE = {"plan": "plan", "train": "train@{experiment}", "collect": "train@{experiment}",
-              "classifier": "classifier", "evaluate": "evaluate@{experiment}",
-              "collect_evaluations": "evaluate@{experiment}", "omniglot": "omniglot",
-              "figures_runs": "figures_runs", "summarize": "summarize", "html_report": "report"}
 
 
 def job_stages(output: str) -> set[str]:
@@ -64,56 +62,101 @@ def repo(tmp_path_factory, request) -> Path:
     return build_smoke_repo(tmp_path_factory.mktemp("pipeline") / "repo", source)
 
 
-def test_dag_consistency(repo):
-    """Every artifact of Snakemake's DAG is inside a DVC output; every DVC stage reads its params
-    through the plan files that `licm plan` writes from licm.pipeline's key lists (the same lists
-    the Snakemake rules fingerprint), never through raw keys of params.yaml (profiles override)."""
+def snakemake_view(repo: Path, tmp_path: Path) -> dict[str, dict]:
+    """Snakemake's view of every job of `report`: output file -> its record (rule, inputs, params), from
+    `snakemake --touch --forceall` in a clone (records written, nothing run; missing files stay missing)."""
+    clone = tmp_path / "view"
+    sh(f"git clone -q {repo} {clone}", tmp_path)
+    sh("snakemake --cores 1 --touch --forceall report", clone)
+    records = {}
+    for f in (clone / ".snakemake/metadata").iterdir():
+        records[base64.urlsafe_b64decode(f.name + "=" * (-len(f.name) % 4)).decode()] = json.loads(f.read_text())
+    return records
+
+
+def stage_pattern(rule: str) -> re.Pattern:
+    """The names of the DVC stages that may run a job of `rule` (licm.stages.RULE_STAGE)."""
+    template = RULE_STAGE["train" if BATCH_RULE.fullmatch(rule) else rule]
+    return re.compile(re.sub(r"\\\{\w+\\\}", "[a-z0-9_]+", re.escape(template)))
+
+
+def test_dag_consistency(repo, tmp_path):
+    """Snakemake's and DVC's views of every stage agree: each job's outputs lie inside the outputs of
+    the DVC stage that runs its rule and every DVC output has a job writing into it; the package code
+    of a stage's jobs (their inputs) is the stage's code deps; the params each job records are the
+    ones its DVC stage depends on (the plan file `licm plan` writes, or the raw keys of a data stage).
+    dvc.yaml is what `licm dvc-yaml` generates, and `snakemake --lint` finds nothing."""
     from dvc.repo import Repo
 
-    from licm import figures, pipeline
+    from licm import config, pipeline
 
-    summary = sh(f"{SMK} --summary report", repo).stdout
-    files = [line.split("\t")[0] for line in summary.splitlines()[1:] if line.strip()]
-    for f in ("/seed0/metrics.json", "results/classifier/classifier.pt", "results/eval/main/seed0.json",
-              "results/summary.json", "results/report/index.html", "results/omniglot/restoration.json"):
-        assert any(f in g for g in files), (f, summary[:2000])
+    out = sh("snakemake --lint", repo, check=False)
+    assert out.returncode == 0 and "Lints for" not in out.stdout + out.stderr, out.stdout + out.stderr
+    out = sh("licm dvc-yaml --check", repo, check=False)
+    assert out.returncode == 0, out.stderr
+
+    records = snakemake_view(repo, tmp_path)
     with Repo(str(repo)) as dvc:
-        stages = {s.name: s for s in dvc.index.stages}
         rel = lambda item: str(Path(item.fs_path).relative_to(repo))  # noqa: E731
+        stages = {s.name: s for s in dvc.index.stages}
         outs = {n: [rel(o) for o in s.outs] for n, s in stages.items()}
         deps = {n: {rel(d) for d in s.deps} for n, s in stages.items()}
-        params = {n: {p for dep in s.params for p in dep.params} for n, s in stages.items()}
-        plan_params = [(p.def_path, p.params) for p in stages["plan"].params]
-    all_outs = [o for os_ in outs.values() for o in os_]
-    missing = [f for f in files if not any(f == o or f.startswith(o + "/") for o in all_outs)]
-    assert not missing, f"Snakemake outputs that no DVC stage outputs: {missing}"
-    assert set(outs["figures_runs"]) == {f"results/figures/{i}.png" for i in figures.RUN_FIGURE_IDS}
+        raw_params = {n: [p for dep in s.params for p in dep.params] for n, s in stages.items()}
+    params = config.load(repo / "params.yaml")
+    plans = pipeline.plans(params)  # what `licm plan` writes (contents checked at the end)
 
-    assert plan_params == [("params.yaml", [])], plan_params  # the plan stage reads the whole file
-    experiments = yaml.safe_load((repo / "params.yaml").read_text())["experiments"]
-    plan_deps = {f"train@{n}": f"results/plan/{n}.json" for n in experiments}
-    plan_deps.update({f"evaluate@{n}": "results/plan/stages/evaluate.json" for n in experiments})
-    plan_deps.update({s: f"results/plan/stages/{s}.json" for s in pipeline.STAGE_KEYS if s != "evaluate"})
-    for stage, plan_file in plan_deps.items():
-        # the resolved plan (profile + overrides applied) as a content-hashed dep, no raw keys
-        assert plan_file in deps[stage] and not params[stage], (stage, deps[stage], params[stage])
-    for name in experiments:
-        assert f"results/runs/{name}" in deps[f"evaluate@{name}"]
+    def plan_of(stage: str, dep_set: set[str]) -> dict | None:
+        files = [d for d in dep_set if d.startswith("results/plan/")]
+        assert len(files) <= 1, (stage, files)
+        return plans[files[0].removeprefix("results/plan/")] if files else None
+
+    code = {}  # stage -> package files its jobs read, as Snakemake sees them
+    for output, record in records.items():
+        rule = record["rule"]
+        owners = [n for n, os_ in outs.items() if any(output == o or output.startswith(o + "/") for o in os_)]
+        assert len(owners) == 1, f"{output} (rule {rule}) is inside the outputs of DVC stages {owners}"
+        stage = owners[0]
+        assert stage_pattern(rule).fullmatch(stage), f"{output}: rule {rule}, but DVC stage {stage} outputs it"
+        code.setdefault(stage, set()).update(i for i in record["input"] if i.startswith("src/licm/"))
+        recorded = set(record["params"])
+        plan = plan_of(stage, deps[stage])
+        if raw_params[stage]:  # a data stage: raw keys of params.yaml
+            expected = {repr(config.params_hash(pipeline.pick(params, raw_params[stage])))}
+        elif rule == "plan":  # every plan (DVC: the whole params.yaml; the plans change where it matters)
+            expected = {repr(config.params_hash(plans))}
+        elif "train_params" in plan:  # train@<exp>: training jobs and the record of the experiment
+            expected = {repr(pipeline.fingerprint(params, plan["experiment"]))} if rule != "collect" else \
+                {repr(plan["seeds"]), repr(plan["profile"])}
+        else:  # a stage's plan: results/plan/stages/<stage>.json
+            expected = {repr(config.params_hash(plan["params"]))} if rule != "collect_evaluations" else \
+                {repr(params["profile"])}
+        assert expected <= recorded, f"{output} (rule {rule}): records params {recorded}; DVC's {stage}: {expected}"
+    for stage, os_ in outs.items():
+        for o in os_:
+            assert any(f == o or f.startswith(o + "/") for f in records), f"DVC output {o} of {stage}: no job writes it"
+    unselected = {f"{s}@{n}" for n in set(params["experiments"]) - set(config.selected_experiments(params))
+                  for s in ("train", "evaluate")}
+    for stage, files in code.items():
+        dvc_code = {d for d in deps[stage] if d.startswith("src/licm/")}
+        if stage in unselected:  # only the record job runs at this profile; DVC's code covers the runs too
+            assert files <= dvc_code, (stage, sorted(files - dvc_code))
+        elif stage != "plan":  # its rule has no code inputs on purpose (train.smk); its params cover the code
+            assert files == dvc_code, (stage, sorted(files ^ dvc_code))
+    assert set(code) == {s for s in stages if stages[s].cmd}, set(code) ^ set(stages)
+
+    # every stage from plan on reads its params through a plan file, never raw keys (profiles override);
     # training never depends on the classifier, the evaluations or anything after them
-    after = [o for n in ("classifier", "omniglot", "figures_runs", "summarize", "report",
-                         *(f"evaluate@{e}" for e in experiments)) for o in outs[n]]
-    for name in experiments:
+    for name in params["experiments"]:
+        assert f"results/plan/{name}.json" in deps[f"train@{name}"] and not raw_params[f"train@{name}"]
+        after = [o for n in ("classifier", "omniglot", "figures_runs", "summarize", "report", f"evaluate@{name}")
+                 for o in outs[n]]
         assert not [d for d in deps[f"train@{name}"] for o in after if d == o or d.startswith(o + "/")]
-
     sh(f"{SMK} plan_all", repo)
     plan = json.loads((repo / "results/plan/main.json").read_text())
-    assert set(plan["train_params"]) == set(pipeline.TRAIN_KEYS) and plan["seeds"] == [0]
+    assert plan == json.loads(json.dumps(plans["main.json"])) and plan["seeds"] == [0]
     for stage, keys in pipeline.STAGE_KEYS.items():
         got = json.loads((repo / f"results/plan/stages/{stage}.json").read_text())["params"]
-        if keys is None:  # the whole resolved params
-            assert got["profile"] == "smoke" and "experiments" in got, stage
-        else:
-            assert set(got) == set(keys), stage
+        assert set(got) == set(keys) if keys else (got["profile"] == "smoke" and "experiments" in got), stage
 
 
 def test_build_record_change_push_pull(repo, tmp_path):
@@ -201,6 +244,25 @@ def test_build_record_change_push_pull(repo, tmp_path):
                .update(iterations=7))
     assert trained(sh(f"{SMK} -n report", clone).stdout) == {"experiment=main, seed=0"}
     print(f"whole test: {time.time() - t0:.0f}s")
+
+
+def test_code_change_agrees(repo):
+    """Editing a package module makes both tools re-run the same stages: those whose `licm` command
+    imports it. After an edit of src/licm/figures.py, `snakemake -n report` plans jobs of exactly the
+    DVC stages `dvc status` finds stale, the summary among them (summary.py imports figures), no
+    training (runs after test_build_record_change_push_pull: everything up to date and committed)."""
+    path = repo / "src/licm/figures.py"
+    text, stat = path.read_text(), path.stat()
+    try:
+        path.write_text(text + "\n# an edit\n")
+        planned = job_stages(sh(f"{SMK} -n report", repo).stdout)
+        stale = set(json.loads(sh("dvc status --json", repo).stdout))
+        assert "summarize" in planned and planned == stale, (sorted(planned), sorted(stale))
+        assert not [s for s in stale if s.startswith("train@")], stale
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert json.loads(sh("dvc status --json", repo).stdout) == {}
 
 
 def test_params_mutations_agree(repo):
@@ -322,7 +384,7 @@ def test_dvc_exp_run_sets_the_profile(repo, tmp_path):
     sh(f"git clone -q {repo} {clone}", tmp_path)
     # its own DVC cache (no run-cache entries from the other tests), the data copied in and recorded
     sh(f"git config user.email t@t && git config user.name t && git reset -q --hard {root} && "
-       f"cp -r {repo / 'data' / 'raw'} {repo / 'data' / 'prepared'} data/ && "
+       f"mkdir -p data && cp -r {repo / 'data' / 'raw'} {repo / 'data' / 'prepared'} data/ && "
        "dvc commit -f fetch prepare@paper prepare@expanded", clone)
     assert not sh("git status --porcelain", clone).stdout.strip()  # the lock agrees with the copied data
     text = (clone / "params.yaml").read_text()
@@ -350,25 +412,76 @@ def test_dvc_exp_run_sets_the_profile(repo, tmp_path):
 
 
 def test_slurm_profile_dry_run(repo):
-    """With the SLURM profile, training jobs ask for one GPU, other jobs (evaluation, classifier and
-    the rest: cheap CPU jobs) for none."""
-    out = sh("snakemake --profile workflow/profiles/slurm -n --forceall report", repo)
+    """With the SLURM profile at the paper's scale and `seeds_per_job=all` (GPU jobs: all seeds of an
+    experiment in one job), each experiment's seeds train in one job that asks for one GPU (the
+    profile's `set-resources: train:` reaches the batched rules), a seed alone in its job too, and no
+    other job (evaluation, classifier, ...: cheap CPU jobs) asks for one."""
+    out = sh("snakemake --profile workflow/profiles/slurm -n --forceall report --config profile=paper seeds_per_job=all",
+             repo)
     text = out.stdout + out.stderr
-    blocks = re.split(r"\n(?=\[.*\]\n(?:local)?rule )|\n(?=(?:local)?rule \w+:)", text)
-    seen = set()
+    blocks = re.split(r"\n(?=\[.*\]\n(?:local)?rule )|\n(?=(?:local)?rule \S+:)", text)
+    seen = {}
     for block in blocks:
-        m = re.search(r"(?:local)?rule (\w+):", block)
+        m = re.search(r"(?:local)?rule (\S+):", block)
         res = re.search(r"resources: (.*)", block)
         if not m or not res:
             continue
         rule = m.group(1)
         gpu = re.search(r"\bgpu=(\d+)", res.group(1))
-        seen.add(rule)
-        if rule == "train":
+        seen[rule] = block
+        if rule == "train" or BATCH_RULE.fullmatch(rule):
             assert gpu and gpu.group(1) == "1", block
         else:
             assert not gpu or gpu.group(1) == "0", block
-    assert {"train", "prepare", "collect", "classifier", "evaluate", "omniglot", "figures_runs", "summarize",
-            "html_report"} <= seen, seen
-    # the profile forces the paper's scale: 10 seeds of main
-    assert "experiment=main, seed=9" in text
+    assert {"prepare", "collect", "classifier", "evaluate", "omniglot", "figures_runs", "summarize",
+            "html_report"} <= set(seen), seen.keys()
+    # the profile's scale: main's 10 seeds in one job, which writes each seed's metrics.json
+    assert "output: " + ", ".join(f"results/runs/main/seed{s}/metrics.json" for s in range(10)) in \
+        seen["train_main_seeds0-9"]
+    assert trained(text) >= {f"experiment=main, seed={s}" for s in range(10)}
+    assert not [b for b in seen.values() if "wildcards: experiment=main, seed=" in b and "rule train:" in b]
+
+
+def test_seeds_per_job(repo):
+    """`seeds_per_job` groups an experiment's seeds into training jobs, also in the command of DVC's
+    train@ stage (which takes data/ as given: no data rules); the profile given with --config reaches
+    the jobs; a bad value stops with one line."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        cmd = {s.name: s.cmd for s in dvc.index.stages}["train@main"]
+    assert "--config data_rules=false" in cmd
+    cmd = cmd.replace("--config data_rules=false", "--config data_rules=false profile=paper seeds_per_job=4")
+    text = sh(cmd.replace(" -- ", " -n -- "), repo).stdout
+    rules = re.findall(r"^(?:local)?rule (\S+):", text, re.M)
+    assert sorted(rules) == ["collect", "experiment_main", "train_main_seeds0-3", "train_main_seeds4-7",
+                             "train_main_seeds8-9"], rules
+    assert "--seeds 0-3 --restart-if-changed --log logs/train/main/seeds0-3.log" in text
+    # a pipeline setting reaches the jobs: the profile given with --config (LICM_PROFILE, not a shell variable)
+    try:
+        sh(f"{SMK} plan_all --config profile=quick", repo)
+        assert json.loads((repo / "results/plan/main.json").read_text())["profile"] == "quick"
+    finally:
+        sh(f"{SMK} plan_all", repo)  # the plans of the file's profile again
+    out = sh(f"{SMK} -n report --config seeds_per_job=0", repo, check=False)
+    assert out.returncode != 0
+    assert "--config seeds_per_job: expected a whole number >= 1 or 'all', given 0" in out.stdout + out.stderr
+
+
+def test_smoke_copy_leaves_out_the_users_build(tmp_path):
+    """The test repositories hold the checkout's sources but nothing `make report` built there (records
+    in results/ that git keeps, logs, data, Snakemake's state), so `make report` before `make test`
+    cannot change a test's outcome; uncommitted sources are copied."""
+    from smoke_repo import REPO
+
+    checkout = tmp_path / "checkout"
+    sh(f"git clone -q {REPO} {checkout}", tmp_path)
+    built = ["results/metrics/main.json", "results/plan/main.json", "results/plan/stages/report.json",
+             "results/plots/main.csv", "results/summary.json", "results/runs/main/seed0/metrics.json",
+             "logs/train/main/seed0.log", "data/prepared/paper/test.npz", ".snakemake/log/x.snakemake.log"]
+    for rel in [*built, "src/licm/new_module.py"]:
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text("{}\n")
+    files = source_files(checkout)
+    assert "src/licm/new_module.py" in files and "Snakefile" in files
+    assert not [f for f in files if f in built or f.startswith(("results/", "data/", "logs/", ".snakemake/"))]

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from licm import interrupts
 from licm.config import LicmError
 
 
-# Modules that own stages; each defines register(subparsers).
-STAGE_MODULES = ("data", "train", "figures", "classifier", "evaluate", "omniglot", "summary", "report", "pipeline")
 # The module of each command, so a call imports only its own module (torch takes ~2 s to import;
 # the pipeline runs dozens of bookkeeping jobs that never touch it). `licm --help` imports all.
+# A new command: one entry here, and `register(subparsers)` in its module.
 COMMANDS = {"data": "data", "train": "train", "figures": "figures", "classifier": "classifier",
             "evaluate": "evaluate", "omniglot": "omniglot", "summarize": "summary", "report": "report",
-            "plan": "pipeline", "collect": "pipeline"}
+            "plan": "pipeline", "collect": "pipeline", "dvc-yaml": "stages", "standalone": "standalone",
+            "publish": "publish"}
+# Modules that own commands, in `licm --help` order; each defines register(subparsers).
+STAGE_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
+# Set by the Snakefile for its jobs (workflow/rules/common.smk): the profile Snakemake resolved.
+PROFILE_ENV = "LICM_PROFILE"
 
 
 def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
@@ -38,8 +44,8 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="licm", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-    parser.add_argument("--profile", choices=["auto", "paper", "quick", "smoke"], default=None,
-                        help="override the file's `profile:` key")
+    parser.add_argument("--profile", choices=["auto", "paper", "quick", "smoke"], default=os.environ.get(PROFILE_ENV),
+                        help=f"override the file's `profile:` key (default: ${PROFILE_ENV} when set)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     for name in _modules_for(argv):
         importlib.import_module(f"licm.{name}").register(sub)
@@ -47,12 +53,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    """Run one command. SIGINT and SIGTERM stop it cleanly (licm.interrupts): a command run as a
+    program then exits as killed by that signal; called with `argv` (tests), it returns 128 + signal."""
+    restore = interrupts.guard()
+    command = "licm"
     try:
+        args = build_parser(argv).parse_args(argv)
+        command = f"licm {args.command}"
         return int(args.func(args) or 0)
     except LicmError as exc:
-        print(f"licm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
+    except interrupts.Interrupted as exc:
+        print(f"{command}: stopped by {exc.name}; nothing unfinished is marked finished "
+              "(a run resumes from its last checkpoint)", file=sys.stderr)
+        if argv is None:
+            interrupts.die_by(exc.signum)
+        return 128 + exc.signum
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Why a module of its own: the rules (workflow/rules/*.smk) and the DVC stages (dvc.yaml) only call
 the CLI, so that both tools run the same code. The Snakefile imports the helpers below to compute
-job parameters (a job's params fingerprint, a run folder's resume key); every file that lands in
-results/ is written by a `licm` command, atomically.
+job parameters (a job's params fingerprint, the seeds a training job trains, the package files a
+stage runs); every file that lands in results/ is written by a `licm` command, atomically.
 
 Params granularity, the reason for the plan files: a stage reads params.yaml *after* the profile
 block and the experiment's overrides are merged over it. DVC can only track raw keys of the file,
@@ -15,7 +15,10 @@ checks that both tools agree).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +40,16 @@ STAGE_KEYS: dict[str, tuple[str, ...] | None] = {
     "figures_runs": None,
     "summarize": None,
     "report": None,
+}
+
+# The data stages read raw keys of params.yaml (they run before `licm plan`; profiles do not touch
+# them): dvc.yaml lists these as the stages' `params:`, the Snakemake rules fingerprint the same keys.
+# `{domain}` is the domain a prepare job builds.
+DATA_KEYS: dict[str, tuple[str, ...]] = {
+    "fetch": ("data.omniglot_archive", "data.raw_dir"),
+    "prepare": ("data.image_size", "data.split", "data.split_seed", "data.transform_seed", "mechanisms",
+                "domains.{domain}"),
+    "figures_data": ("figures",),
 }
 
 # Points per score curve in results/plots/<experiment>.csv.
@@ -77,18 +90,9 @@ def stage_fingerprint(params: dict, stage: str) -> str:
     return config.params_hash(stage_params(params, stage))
 
 
-def resume_key(params: dict, name: str) -> str:
-    """Hash of what a run folder's checkpoint depends on, less what a resume may change.
-
-    The training rule writes it to <run>/.resume-key and discards a checkpoint whose key differs
-    (params changed: start afresh) instead of letting `licm train` refuse the folder. It is
-    `licm train`'s own comparison (the run's params less iterations, checkpoint_every and
-    eval_examples), plus the prepared-data folder, so the two never disagree.
-    """
-    from licm import train  # torch: imported only when a rule asks
-
-    resolved = config.experiment(params, name)
-    return config.params_hash({"prepared_dir": resolved["data"]["prepared_dir"], **train._comparable(resolved)})
+def data_fingerprint(params: dict, stage: str, **fields: str) -> str:
+    """Hash of the raw keys a data stage reads (DATA_KEYS; `fields` fills in `{domain}`)."""
+    return config.params_hash(pick(params, [key.format(**fields) for key in DATA_KEYS[stage]]))
 
 
 def plan(params: dict, name: str) -> dict:
@@ -138,28 +142,148 @@ def write_plans(params: dict, out: str | Path) -> list[Path]:
     return changed
 
 
+# ---------------------------------------------------------------- training jobs
+
+def seeds_text(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (what `licm train --seeds` parses)."""
+    parts: list[str] = []
+    for s in seeds:
+        if parts and s == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{s}"
+        else:
+            parts.append(str(s))
+    return ",".join(parts)
+
+
+def seeds_per_job(setting: Any, gpu: bool) -> int | None:
+    """The pipeline setting `seeds_per_job` as a number, None = all seeds of an experiment in one job.
+
+    Unset: all seeds together where the jobs use CUDA (one process trains them in one batched
+    network), one seed per job on the CPU (the seeds of an experiment then train in parallel).
+    """
+    if setting is None:
+        return None if gpu else 1
+    if setting == "all":
+        return None
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise config.LicmError(f"--config seeds_per_job: expected a whole number >= 1 or 'all', given {setting!r}")
+    return setting
+
+
+def setting_flag(name: str, value: Any, default: bool) -> bool:
+    """A yes/no pipeline setting given with --config (which passes `false` as a string)."""
+    if value is None:
+        return default
+    text = str(value).lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise config.LicmError(f"--config {name}: expected true or false, given {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def seed_chunks(seeds: list[int], per_job: int | None) -> list[list[int]]:
+    """The seeds of one experiment split into training jobs of at most `per_job` seeds (None: one job)."""
+    size = per_job or max(len(seeds), 1)
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+# ---------------------------------------------------------------- the code a stage runs
+
+# Package sources, relative to the workflow's folder (where the Snakefile and dvc.yaml are): a stage
+# depends on the copy of the package in its own tree (editable install).
+SOURCES = Path("src/licm")
+PATH_LIKE = re.compile(r"[\w.-]+(/[\w.-]+)*")
+
+
+@functools.lru_cache(maxsize=8)
+def import_graph(src: Path) -> dict[str, frozenset[str]]:
+    """Module -> the package modules it imports anywhere (top level or inside functions); `src` absolute."""
+    modules = {p.stem for p in src.glob("*.py")}
+
+    def imported(tree: ast.AST) -> set[str]:
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):  # import licm.x
+                found.update(a.name.split(".")[1] if "." in a.name else "__init__"
+                             for a in node.names if a.name.split(".")[0] == "licm")
+            elif isinstance(node, ast.ImportFrom):  # from licm.x import y, from licm import x, from . import x
+                path = (node.module or "").split(".")
+                if not node.level:
+                    if path[0] != "licm":
+                        continue
+                    path = path[1:]
+                if path and path[0]:
+                    found.add(path[0])
+                else:  # names of modules, or of things licm/__init__.py defines
+                    found.update(a.name if a.name in modules else "__init__" for a in node.names)
+        return found & modules
+
+    return {m: frozenset(imported(ast.parse((src / f"{m}.py").read_text())) - {m}) for m in sorted(modules)}
+
+
+def package_files(src: Path, module: str) -> set[Path]:
+    """Non-Python package files a module names in a string constant (the params schema, templates)."""
+    files = set()
+    for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and PATH_LIKE.fullmatch(node.value) and \
+                node.value.strip("./") and ".." not in node.value and not node.value.endswith(".py"):
+            path = src / node.value
+            if path.is_file():
+                files.add(path)
+            elif path.is_dir():
+                files.update(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    return files
+
+
+def code_deps(*commands: str, src: Path = SOURCES) -> list[str]:
+    """The package files `licm <command>` runs: the module that owns the command, every package module
+    it imports (transitively, also imports inside functions: conservative), the data files those
+    modules name. Both tools derive a stage's code from here: the Snakemake rules as inputs, dvc.yaml
+    (`licm dvc-yaml`) as deps. cli.py is left out: it only dispatches, and a new subcommand must not
+    re-run the pipeline."""
+    from licm.cli import COMMANDS
+
+    root = Path(src)
+    files = _module_files(tuple(sorted(COMMANDS[c] for c in commands)), root.resolve())
+    return sorted((root / f).as_posix() for f in files)
+
+
+@functools.lru_cache(maxsize=64)
+def _module_files(modules: tuple[str, ...], src: Path) -> frozenset[str]:
+    """Paths relative to `src` (absolute) of `modules`, what they import, and the files they name."""
+    graph = import_graph(src)
+    todo, seen = list(modules), set()
+    while todo:
+        module = todo.pop()
+        if module not in seen and module != "cli":
+            seen.add(module)
+            todo.extend(graph[module])
+    files = {src / f"{m}.py" for m in seen}.union(*(package_files(src, m) for m in seen))
+    return frozenset(f.relative_to(src).as_posix() for f in files)
+
+
 # ---------------------------------------------------------------- per-experiment records
 
-def _run_metrics(folders: dict[int, Path]) -> dict[int, dict]:
-    runs = {}
-    for seed, folder in folders.items():
-        path = folder / "metrics.json"
-        if not path.is_file():
-            raise config.LicmError(f"{path}: missing; run `licm train` for seed {seed} first")
-        runs[seed] = json.loads(path.read_text())
-    return runs
+def _run_metrics(runs: dict) -> dict[int, dict]:
+    """Each run's metrics.json (licm.rundir.RunDir), or an error naming the unfinished run."""
+    out = {}
+    for seed, run in runs.items():
+        metrics = run.metrics()
+        if metrics is None:
+            raise config.LicmError(f"{run.path / 'metrics.json'}: missing; run `licm train` for seed {seed} first")
+        out[seed] = metrics
+    return out
 
 
-def score_curves(folders: dict[int, Path], bins: int = CURVE_BINS) -> list[str]:
+def score_curves(runs: dict, bins: int = CURVE_BINS) -> list[str]:
     """CSV lines: per iteration bin and mechanism, the best expert's score, averaged over seeds."""
     lines = ["iteration,mechanism,best_score"]
-    if not folders:
+    if not runs:
         return lines
     import pandas as pd
 
     frames = []
-    for folder in folders.values():
-        h = pd.read_csv(folder / "history.csv")
+    for run in runs.values():
+        h = run.history()
         frames.append(h.groupby(["iteration", "mechanism"], sort=False)["score_mean"].max().reset_index())
     h = pd.concat(frames)
     width = max(1, -(-int(h["iteration"].max()) // bins))
@@ -178,23 +302,24 @@ def collect_runs(params: dict, name: str, runs_dir: str | Path, metrics_path: st
       metrics_path                   DVC `metrics`: per seed and mean
       plot_path                      DVC `plots`: score of the best expert per mechanism over iterations
     """
+    from licm import rundir
+
     seeds = config.seeds(params, name)
     profile = params["profile"]
-    root = Path(runs_dir)
-    folders = {s: root / name / f"seed{s}" for s in seeds}
-    runs = _run_metrics(folders)
+    runs = {s: rundir.RunDir.of(runs_dir, name, s) for s in seeds}
+    metrics = _run_metrics(runs)
     per_seed = {f"seed{s}": {"distinct_winners": m["distinct_winners"], "fully_specialized": m["fully_specialized"],
-                             "iterations": m["iterations"]} for s, m in runs.items()}
+                             "iterations": m["iterations"]} for s, m in metrics.items()}
     summary: dict[str, Any] = {"experiment": name, "profile": profile, "selected": bool(seeds), "runs": len(seeds)}
     if seeds:
-        summary["mean_distinct_winners"] = sum(m["distinct_winners"] for m in runs.values()) / len(runs)
-        summary["fully_specialized_runs"] = sum(bool(m["fully_specialized"]) for m in runs.values())
+        summary["mean_distinct_winners"] = sum(m["distinct_winners"] for m in metrics.values()) / len(metrics)
+        summary["fully_specialized_runs"] = sum(bool(m["fully_specialized"]) for m in metrics.values())
     summary["per_seed"] = per_seed
     record = {"experiment": name, "profile": profile, "selected": bool(seeds), "seeds": seeds,
-              "runs": {f"seed{s}": str(f) for s, f in folders.items()}}
-    atomic_write_text(root / name / "experiment.json", json.dumps(record, indent=2) + "\n")
+              "runs": {f"seed{s}": str(r.path) for s, r in runs.items()}}
+    rundir.write_experiment_record(runs_dir, name, record)
     atomic_write_text(Path(metrics_path), json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(Path(plot_path), "\n".join(score_curves(folders)) + "\n")
+    atomic_write_text(Path(plot_path), "\n".join(score_curves(runs)) + "\n")
     return record
 
 
@@ -260,6 +385,7 @@ def register(sub) -> None:
     c.set_defaults(func=_cmd_collect)
 
 
-__all__ = ["TRAIN_KEYS", "STAGE_KEYS", "pick", "train_params", "stage_params", "fingerprint", "stage_fingerprint",
-           "resume_key", "plan", "stage_plan", "plans", "write_plans", "collect_runs", "collect_evaluations",
+__all__ = ["TRAIN_KEYS", "STAGE_KEYS", "DATA_KEYS", "pick", "train_params", "stage_params", "fingerprint",
+           "stage_fingerprint", "data_fingerprint", "seeds_text", "seeds_per_job", "setting_flag", "seed_chunks", "import_graph",
+           "package_files", "code_deps", "plan", "stage_plan", "plans", "write_plans", "collect_runs", "collect_evaluations",
            "score_curves"]

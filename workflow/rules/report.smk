@@ -1,8 +1,6 @@
 # Figures of the runs, the claims summary and the HTML report; `report` is the target that builds
-# everything (`snakemake --cores 8 report`, `make report`). The page lands in results/report/index.html.
+# everything (Snakefile). The page lands in results/report/index.html.
 from licm import figures as licm_figures
-
-localrules: report
 
 
 rule figures_runs:
@@ -11,13 +9,19 @@ rule figures_runs:
     input:
         rules.train_all.input,
         rules.evaluate_all.input,
-        expand(PREPARED + "/{domain}/test.npz", domain=["paper", "expanded"]),
-        code("figures", "data", "evaluate", "models", "__init__"),
-    output: expand("results/figures/{figure}.png", figure=licm_figures.RUN_FIGURE_IDS)
-    params: fingerprint=stage_fingerprint("figures_runs")
-    log: "logs/figures-runs.log"
+        expand(f"{PREPARED}/{{domain}}/test.npz", domain=["paper", "expanded"]),
+        code("figures_runs"),
+    output:
+        expand("results/figures/{figure}.png", figure=licm_figures.RUN_FIGURE_IDS),
+    params:
+        fingerprint=stage_fingerprint("figures_runs"),
+    log:
+        "logs/figures-runs.log",
     threads: 1
-    shell: "OMP_NUM_THREADS={threads} {LICM} figures runs --out results/figures > {log} 2>&1"
+    conda:
+        LICM_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} licm figures runs --out results/figures > {log} 2>&1"
 
 
 rule summarize:
@@ -27,32 +31,36 @@ rule summarize:
         rules.evaluate_all.input,
         rules.classifier.output.metrics,
         rules.omniglot.output[2],
-        code("summary"),
-    output: "results/summary.json"
-    params: fingerprint=stage_fingerprint("summarize")
-    log: "logs/summarize.log"
-    shell: "{LICM} summarize --out {output} > {log} 2>&1"
+        code("summarize"),
+    output:
+        "results/summary.json",
+    params:
+        fingerprint=stage_fingerprint("summarize"),
+    log:
+        "logs/summarize.log",
+    conda:
+        LICM_ENV
+    shell:
+        "licm summarize --out {output} > {log} 2>&1"
 
 
 rule html_report:
     """The HTML report: one section per figure and claim ID, from everything above."""
     input:
         rules.summarize.output,
-        rules.figures_data.output,
+        FIGURES_DATA,
         rules.omniglot.output,
         rules.figures_runs.output,
         rules.train_all.input,
         rules.classifier.output.metrics,
-        code("report"),
-        "src/licm/templates/report.html.j2",
-    output: "results/report/index.html"
-    params: fingerprint=stage_fingerprint("report")
-    log: "logs/report.log"
-    shell: "{LICM} report --out results/report > {log} 2>&1"
-
-
-rule report:
-    input:
-        rules.html_report.output,
-        rules.plan_all.input,
-    default_target: True
+        code("html_report"),
+    output:
+        "results/report/index.html",
+    params:
+        fingerprint=stage_fingerprint("report"),
+    log:
+        "logs/report.log",
+    conda:
+        LICM_ENV
+    shell:
+        "licm report --out results/report > {log} 2>&1"
