@@ -7,6 +7,7 @@ what was expected and what was given.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,11 @@ class LicmError(Exception):
 
 class ParamsError(LicmError, ValueError):
     """params.yaml (or an override of it) does not satisfy the schema."""
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
 
 
 def schema() -> dict:
@@ -60,6 +66,15 @@ def _expected(error: jsonschema.ValidationError) -> str:
 
 
 def _format(error: jsonschema.ValidationError, source: str) -> str:
+    if error.validator in ("anyOf", "oneOf"):
+        # Alternatives: the one of the value's type says what is wrong (a list with a repeated seed);
+        # a value of none of their types gets the schema's description of them.
+        near = [e for e in error.context if e.validator != "type"]
+        if near:
+            return _format(max(near, key=lambda e: len(e.absolute_path)), source)
+        if "description" in error.schema:
+            return f"{source}: key {_key(error.absolute_path)}: expected {error.schema['description']}, " \
+                   f"given {error.instance!r}"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
@@ -77,8 +92,7 @@ def _format(error: jsonschema.ValidationError, source: str) -> str:
 
 def validate(params: dict, source: str = "params.yaml") -> None:
     """Raise ParamsError naming key, expectation and value for the first problem found."""
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(_validator().iter_errors(params), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ParamsError(_format(errors[0], source))
     _check_references(params, source)
@@ -173,6 +187,26 @@ def params_hash(params: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def git_commit() -> str:
+    """The commit of the code that runs, with " (uncommitted changes)" when the tracked files differ
+    from it; LICM_GIT_COMMIT when set (a copy of the tree without .git, e.g. on a GPU machine);
+    "unknown" outside git."""
+    import subprocess
+
+    if os.environ.get("LICM_GIT_COMMIT"):
+        return os.environ["LICM_GIT_COMMIT"]
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + (" (uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def data_mirror(params: dict) -> Path | None:
     """The mirror folder: the `data.mirror` parameter first, then LICM_DATA_MIRROR."""
     value = params["data"]["mirror"] or os.environ.get("LICM_DATA_MIRROR") or None
@@ -214,8 +248,8 @@ def selected_experiments(params: dict) -> list[str]:
 def seeds(params: dict, name: str) -> list[int]:
     """Seeds the pipeline runs for experiment `name` at the loaded profile.
 
-    Its `seeds`, capped to the first `profiles.<p>.max_seeds`; none when the profile's
-    `only_experiments` leaves the experiment out.
+    Its `seeds` (a list, or N meaning seeds 0..N-1), capped to the first `profiles.<p>.max_seeds`;
+    none when the profile's `only_experiments` leaves the experiment out.
     """
     if name not in params["experiments"]:
         raise ParamsError(f"params.yaml: key experiments.{name}: expected one of "
@@ -223,6 +257,7 @@ def seeds(params: dict, name: str) -> list[int]:
     if name not in selected_experiments(params):
         return []
     cap = _profile_setting(params, "max_seeds")
-    all_seeds = list(params["experiments"][name]["seeds"])
+    given = params["experiments"][name]["seeds"]
+    all_seeds = list(range(given)) if isinstance(given, int) else list(given)
     return all_seeds if cap is None else all_seeds[:cap]
 

@@ -5,7 +5,7 @@ Each figure is saved as results/figures/<ID>.png so the report can link it by it
 Two groups, two subcommands:
 * `licm figures data`: figures drawn from the prepared data alone (expand-fig1, expand-fig2).
 * `licm figures runs`: figures drawn from run artifacts (`RUN_FIGURE_IDS`): each run's
-  metrics.json, history.csv, evaluation.npz and checkpoint.pt, `licm evaluate`'s JSON, and the
+  metrics.json, history.csv, evaluations and checkpoint.pt, `licm evaluate`'s JSON, and the
   model code itself (licm-table1, expand-fig3, expand-fig4). Trained models are only run forward,
   on a handful of digits. A figure whose experiment was not run at this profile is still written,
   as a labelled placeholder that names the missing experiment and the command that would make it:
@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from licm import config, data  # noqa: E402
+from licm import config, data, fidelity  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path, dpi: int) -> Path:
@@ -82,7 +82,7 @@ DATA_FIGURES = {"expand-fig1": expand_fig1, "expand-fig2": expand_fig2}
 
 RUN_FIGURE_IDS = ("licm-fig1", "licm-fig2", "licm-fig3", "licm-fig4", "licm-fig5", "licm-fig6", "licm-fig9",
                   "licm-table1", "expand-fig3", "expand-fig4", "expand-fig5", "expand-fig6", "expand-fig7",
-                  "expand-fig8", "expand-fig9")
+                  "expand-fig8", "expand-fig9", "fidelity")
 
 # What each figure shows (shared/FIGURES.md), repeated on its placeholder when it cannot be drawn.
 DESCRIPTIONS = {
@@ -107,6 +107,8 @@ DESCRIPTIONS = {
     "expand-fig8": "Score of each expert over iterations for each expanded-domain transformation.",
     "expand-fig9": "One input per expanded-domain transformation and the highest-scoring expert's output "
                    "after training.",
+    "fidelity": "Fidelity study (ours): fully specialized seeds per arm with 95% intervals against the literal "
+                "step, one unstated detail of the step changed per arm.",
 }
 
 # LICM Fig. 2 shows a noisy digit; the first mechanism of the domain stands in when there is none.
@@ -209,41 +211,43 @@ class RunSet:
 
 
 def load_runset(runs_dir: Path, name: str, params: dict) -> RunSet:
-    """Read `<runs>/<name>/experiment.json` and the finished seeds' metrics, or raise MissingArtifact."""
-    record_path = runs_dir / name / "experiment.json"
+    """The experiment's finished runs (licm.rundir: its record's seeds with metrics.json), or MissingArtifact."""
+    from licm import rundir
+
     fix = pipeline_fix(params, name)
-    if not record_path.is_file():
-        raise MissingArtifact(name, f"{record_path} does not exist (experiment not collected)", fix)
-    record = json.loads(record_path.read_text())
+    record = rundir.experiment_record(runs_dir, name)
+    if record is None:
+        raise MissingArtifact(name, f"{rundir.record_path(runs_dir, name)} does not exist (experiment not collected)",
+                              fix)
     profile = record.get("profile", params["profile"])
     if not record.get("selected"):
         raise MissingArtifact(name, f"not run at profile {profile} (its record says selected: false)", fix)
-    folders, metrics = {}, {}
-    for seed in record.get("seeds", []):
-        folder = runs_dir / name / f"seed{seed}"
-        if (folder / "metrics.json").is_file():
-            folders[int(seed)] = folder
-            metrics[int(seed)] = json.loads((folder / "metrics.json").read_text())
-    if not metrics:
-        raise MissingArtifact(name, f"no finished run in {runs_dir / name} (no seed has metrics.json)", fix)
-    return RunSet(name, profile, folders, metrics)
+    metrics = {s: run.metrics() for s, run in rundir.experiment_runs(runs_dir, name).items()}
+    folders = {s: Path(runs_dir) / name / f"seed{s}" for s, m in metrics.items() if m is not None}
+    if not folders:
+        raise MissingArtifact(name, f"no finished run in {Path(runs_dir) / name} (no seed has metrics.json)", fix)
+    return RunSet(name, profile, folders, {s: metrics[s] for s in folders})
 
 
-def run_file(folder: Path, name: str, experiment: str) -> Path:
-    """A file of a finished run; missing (e.g. a run from before evaluation.npz existed) -> MissingArtifact."""
-    path = folder / name
-    if not path.is_file():
-        raise MissingArtifact(experiment, f"{path} does not exist",
+def run_dir(folder: Path, experiment: str, needs: str):
+    """The run folder (licm.rundir.RunDir) of a finished run, checked to hold `needs`
+    (params, history, checkpoint or evaluation); a missing artifact -> MissingArtifact."""
+    from licm.rundir import RunDir
+
+    run = RunDir(folder)
+    have = {"params": (run.path / "params.json").is_file(), "history": (run.path / "history.csv").is_file(),
+            "checkpoint": run.has_checkpoint(), "evaluation": bool(run.evaluation_iterations())}[needs]
+    if not have:
+        raise MissingArtifact(experiment, f"{run.path} holds no {needs}",
                               f"re-run `licm train --experiment {experiment} --seed {folder.name[4:]}` "
                               f"(delete {folder} first)")
-    return path
+    return run
 
 
 def load_evaluation(folder: Path, experiment: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """A run's evaluation.npz as arrays (iterations, mechanism, label, test_index, winner, outputs), or only
+    """A run's evaluations as arrays (iterations, mechanism, label, test_index, winner, outputs), or only
     `keys` of them: at the paper's scale `outputs` is tens of MB that the win matrices do not need."""
-    with np.load(run_file(folder, "evaluation.npz", experiment)) as z:
-        return {k: z[k] for k in (keys or z.files)}
+    return run_dir(folder, experiment, "evaluation").evaluation(keys)
 
 
 @lru_cache(maxsize=4)
@@ -308,8 +312,8 @@ def nearest_index(iterations, target: int) -> int:
 
 def win_matrices(evaluation: dict, n_mechanisms: int, n_experts: int, target: int) -> list[tuple[int, np.ndarray]]:
     """LICM Fig. 5: (iteration, win matrix) at the first evaluation (0 = after AII) and at the one nearest
-    to `target`, each from the evaluation's winner row via evaluate.matrix_from_winners."""
-    from licm.evaluate import matrix_from_winners
+    to `target`, each from the evaluation's winner row via specialization.matrix_from_winners."""
+    from licm.specialization import matrix_from_winners
 
     its = evaluation["iterations"]
     picked = [0, nearest_index(its, target)]
@@ -337,14 +341,17 @@ def grid_columns(n_rows: int, count: int, seed: int) -> np.ndarray:
 
 
 def forward_scores(experts, discriminator, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every expert on images [n,H,W]: outputs [n,N',H,W] and the discriminator's score of each [n,N']."""
+    """Every expert on images [n,H,W] (licm.step.compete, eval mode): outputs [n,N',H,W] and the
+    discriminator's score of each [n,N'] (probability, or critic value)."""
     import torch
 
+    from licm.step import compete
+
     with torch.no_grad():
-        x = torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None]
-        out = experts(x)                                           # [n, N', 1, H, W]
-        scores = discriminator(out.flatten(0, 1)).view(len(x), -1)
-    return out[:, :, 0].numpy(), scores.numpy()
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None]       # [n, 1 seed, H, W]
+        out, logits, _ = compete(experts.committee, discriminator.discs, x, "running")
+        scores = logits[:, 0] if discriminator.wasserstein else torch.sigmoid(logits[:, 0])
+    return out[:, 0].numpy(), scores.numpy()
 
 
 def score_text(value: float) -> str:
@@ -418,17 +425,17 @@ def architecture(params: dict) -> dict:
     from licm import models
 
     p = config.experiment(params, "main")
-    committee, disc = models.build(p, "loop")
+    experts, disc = models.seed_networks(p, 0)
     size = p["data"]["image_size"]
-    expert = committee.experts[0]
+    expert = experts[0]
     disc_rows = layer_walk(disc.net, (1, size, size))
     disc_rows.append({"kind": "Identity" if disc.wasserstein else "Sigmoid", "shape": disc_rows[-1]["shape"],
                       "params": 0, "label": "no sigmoid (critic)" if disc.wasserstein else "sigmoid",
                       "in_forward": True})
-    return {"params": p, "size": size, "experts": committee.n_experts,
+    return {"params": p, "size": size, "experts": len(experts),
             "expert": layer_walk(expert.net, (1, size, size)), "discriminator": disc_rows,
             "expert_total": sum(q.numel() for q in expert.parameters()),
-            "committee_total": sum(q.numel() for q in committee.parameters()),
+            "committee_total": sum(q.numel() for e in experts for q in e.parameters()),
             "discriminator_total": sum(q.numel() for q in disc.parameters())}
 
 
@@ -562,15 +569,12 @@ class Context:
 
 def _run_params(folder: Path, experiment: str) -> dict:
     """The run's resolved params (its params.json)."""
-    return json.loads(run_file(folder, "params.json", experiment).read_text())
+    return run_dir(folder, experiment, "params").params()
 
 
 def _load_models(folder: Path, experiment: str):
     """The run's experts and discriminator (CPU, eval mode); a run without checkpoint -> MissingArtifact."""
-    import licm
-
-    run_file(folder, "checkpoint.pt", experiment)
-    experts, disc, _ = licm.load_run(folder)
+    experts, disc, _ = run_dir(folder, experiment, "checkpoint").load_models()
     return experts, disc
 
 
@@ -675,13 +679,11 @@ def fig_grid(ctx: Context, fig_id: str = "licm-fig3", experiment: str = "main") 
 def fig_scores(ctx: Context, fig_id: str, experiment: str, what: str) -> Path:
     """LICM Fig. 4 / EXPAND Fig. 5, 7, 8: each expert's mean discriminator score on each mechanism's
     training digits over iterations, moving average, one panel per mechanism, one colour per expert."""
-    import pandas as pd
-
     rs = ctx.runset(experiment)
     seed, folder, caption = rs.shown()
     names, p = rs.metrics[seed]["mechanisms"], _run_params(folder, experiment)
     N = p["model"]["experts"]
-    history = pd.read_csv(run_file(folder, "history.csv", experiment))
+    history = run_dir(folder, experiment, "history").history()
     window = setting(ctx.params, "moving_average")
     curves = score_curves(history, names, N, window)
     top = np.asarray(rs.metrics[seed]["win_matrix"]).argmax(axis=1)
@@ -962,6 +964,7 @@ RUN_FIGURES: dict[str, Callable[[Context], Path]] = {
                                           "Wasserstein loss (expand_wasserstein)"),
     "expand-fig8": lambda ctx: fig_scores(ctx, "expand-fig8", "expanded", "Expanded domain (expanded)"),
     "expand-fig9": lambda ctx: fig_best_outputs(ctx, "expand-fig9", "expanded", "Expanded domain (expanded)"),
+    "fidelity": fidelity.figure,
 }
 assert tuple(RUN_FIGURES) == RUN_FIGURE_IDS
 

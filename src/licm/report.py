@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,6 +73,8 @@ ITEMS: list[dict] = [
 ]
 IDS = [item["id"] for item in ITEMS]
 FOLLOW_UP_ID = "follow-up-question"
+# The fidelity study (licm.fidelity): its entry in summary.json, figure ID and the report section's anchor.
+FIDELITY_ID = "fidelity"
 FOLLOW_UP_TEXT = ("EXPAND leaves open: with a faithful implementation, do the experts specialize on the expanded "
                   "domain, and what made EXPAND's baseline fail?")
 
@@ -88,45 +89,22 @@ def read_json(path: Path):
         return None
 
 
-def git_commit(repo: Path | None = None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo or Path.cwd(), capture_output=True,
-                             text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo or Path.cwd(),
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + (" (uncommitted changes)" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_seconds(meta: dict) -> float | None:
-    """Wall time of a run from its meta.json (started/finished), or None when unfinished."""
-    try:
-        t0 = datetime.fromisoformat(meta["started"])
-        t1 = datetime.fromisoformat(meta["finished"])
-        return (t1 - t0).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def collect_runs(runs_dir: Path) -> list[dict]:
-    """One row per run folder: experiment, seed, finished?, specialization numbers, seconds, device."""
+    """One row per run the experiments' records list (licm.rundir): experiment, seed, finished?,
+    specialization numbers, its share of the training wall time, device."""
+    from licm import rundir
+
     rows = []
-    if not runs_dir.is_dir():
-        return rows
-    for meta_path in sorted(runs_dir.glob("*/seed*/meta.json")):
-        run = meta_path.parent
-        meta = read_json(meta_path) or {}
-        metrics = read_json(run / "metrics.json") or {}
+    for experiment, seed, run in rundir.all_runs(runs_dir):
+        meta, metrics = run.meta() or {}, run.metrics() or {}
         mechs = metrics.get("mechanisms") or []
         rows.append({
-            "experiment": run.parent.name, "seed": run.name.removeprefix("seed"),
+            "experiment": experiment, "seed": str(seed),
             "finished": bool(metrics), "iterations": metrics.get("iterations"),
             "mechanisms": len(mechs), "distinct_winners": metrics.get("distinct_winners"),
             "fully_specialized": metrics.get("fully_specialized"),
             "experts_used": len(set(metrics.get("top_expert") or [])) if metrics else None,
-            "seconds": run_seconds(meta), "device": meta.get("device", "?"),
+            "seconds": run.seconds(), "device": meta.get("device", "?"),
         })
     return rows
 
@@ -170,6 +148,27 @@ def _why_missing(item: dict, runs: list[dict]) -> str:
     return "its figure stage has not run yet (or failed) for the finished runs"
 
 
+def fidelity_context(block: dict | None, figures_dir: Path, assets: Path) -> dict:
+    """The section "What decides specialization": the fidelity study's figure, table, power and sentences
+    (licm.fidelity; the block is summary.json's `fidelity`)."""
+    from licm import fidelity   # imports licm.summary, which imports this module
+
+    src = figures_dir / f"{FIDELITY_ID}.png"
+    figure = None
+    if src.is_file():
+        assets.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, assets / src.name)
+        figure = f"assets/{src.name}"
+    if not block:
+        return {"figure": figure, "verdict": "not run", "rows": [], "power": [], "sentences": [],
+                "missing": f"no `{FIDELITY_ID}` entry in the summary: run `licm summarize`"}
+    power = block.get("power") or {}
+    return {"figure": figure, "verdict": block.get("verdict", "not run"), "rows": fidelity.report_rows(block),
+            "power": fidelity.power_rows(block), "sentences": block.get("sentences", []), "missing": None,
+            "alpha": power.get("alpha"), "alpha_holm": power.get("alpha_holm_first"),
+            "seeds": power.get("seeds_arm"), "test": power.get("test", "")}
+
+
 def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path, runs_dir: Path,
                   classifier_metrics: Path, timings: dict | None = None) -> dict:
     summary = read_json(summary_path) if summary_path.is_file() else None
@@ -197,14 +196,14 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
             "related": item.get("related", []),
         })
     follow = summary.get(FOLLOW_UP_ID) or {}
+    fidelity = fidelity_context(summary.get(FIDELITY_ID), figures_dir, assets)
     clf = read_json(classifier_metrics) if classifier_metrics.is_file() else None
     all_timings = dict((summary.get("_meta") or {}).get("timings") or {})
     all_timings.update(timings or {})
     if clf:
         all_timings.setdefault("classifier training", clf.get("train_seconds"))
-    run_seconds = sum(r["seconds"] or 0.0 for r in runs)
     if runs:
-        all_timings.setdefault(f"training ({len(runs)} runs, summed)", round(run_seconds, 1))
+        all_timings.setdefault(f"training ({len(runs)} runs, summed)", round(sum(r["seconds"] or 0.0 for r in runs), 1))
     try:
         device = str(config.device(params["device"]))
     except config.ParamsError as exc:
@@ -215,7 +214,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
         "title": params["report"]["title"],
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": params["profile"], "device": device, "run_devices": ", ".join(run_devices) or "no runs yet",
-        "commit": git_commit(), "params_hash": config.params_hash(params),
+        "commit": config.git_commit(), "params_hash": config.params_hash(params),
         "timings": {k: (f"{v:.1f} s" if isinstance(v, (int, float)) else str(v)) for k, v in all_timings.items()
                     if v is not None},
         "sections": sections, "claims": [s for s in sections if s["kind"] == "claim"],
@@ -224,7 +223,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
         "classifier": clf, "runs": runs, "experiments": experiment_table(runs),
         "follow": {"question": FOLLOW_UP_TEXT, "verdict": follow.get("verdict"), "note": follow.get("note", ""),
                    "numbers": {k: _fmt(v) for k, v in (follow.get("numbers") or {}).items()}},
-        "follow_up_id": FOLLOW_UP_ID,
+        "follow_up_id": FOLLOW_UP_ID, "fidelity": fidelity,
     }
 
 

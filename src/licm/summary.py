@@ -3,7 +3,8 @@
 Reads only artifacts: each experiment's record (results/runs/<E>/experiment.json), its runs'
 metrics.json and meta.json, their evaluations (results/eval/<E>/seed<K>.json), the classifier's
 metrics and the Omniglot restoration table. Writes the shape `licm report` reads:
-{ID: {"numbers": {...}, "verdict": ..., "note": ...}, "follow-up-question": {...}, "_meta": {...}}.
+{ID: {"numbers": {...}, "verdict": ..., "note": ...}, "follow-up-question": {...}, "fidelity": {...},
+"_meta": {...}}; "fidelity" is the fidelity study's analysis (licm.fidelity.analyze).
 
 A verdict is only given for runs at the papers' scale (profile `paper`). At a reduced scale
 (`quick`, `smoke`) the verdict is "reduced scale" and the note says what the rule would conclude
@@ -21,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from licm import config, data
-from licm.report import read_json, run_seconds
+from licm.report import read_json
+from licm.rundir import RunDir
 
 REDUCED = "reduced scale"
+# Entries of summary.json that are not claims: the follow-up question and the fidelity study (licm.fidelity).
+FIDELITY = "fidelity"
+NOT_CLAIMS = ("follow-up-question", FIDELITY)
 # "Close to the upper bound" (LICM c2, c7): within this many accuracy points of the originals.
 NEAR_UPPER_BOUND = 0.05
 
@@ -43,9 +48,11 @@ class Experiment:
         from licm.figures import MissingArtifact, load_runset
 
         self.name, self.profile, self.runs, self.evals, self.seconds = name, None, [], [], 0.0
+        self.missing: str | None = None     # why there are no runs (MissingArtifact's reason)
         try:
             runset = load_runset(runs_dir, name, params)
-        except MissingArtifact:
+        except MissingArtifact as exc:
+            self.missing = exc.reason
             return
         self.profile = runset.profile
         for seed, metrics in sorted(runset.metrics.items()):
@@ -53,7 +60,7 @@ class Experiment:
             ev = read_json(eval_dir / name / f"seed{seed}.json")
             if ev is not None:
                 self.evals.append(ev)
-            self.seconds += run_seconds(read_json(runset.folders[seed] / "meta.json") or {}) or 0.0
+            self.seconds += RunDir(runset.folders[seed]).seconds() or 0.0
 
     @property
     def ran(self) -> bool:
@@ -369,6 +376,8 @@ def follow_up(main: Experiment, expanded: Experiment, detach: Experiment) -> dic
 # ---------------------------------------------------------------- the file
 
 def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: Path, restoration: Path) -> dict:
+    from licm import fidelity   # imports this module
+
     exps = {name: Experiment(name, runs_dir, eval_dir, params) for name in params["experiments"]}
     get = exps.__getitem__
     out = {
@@ -386,6 +395,7 @@ def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: 
                                                                      "expand_label_smoothing")]),
         "expand-c3": claim_expand_c3(get("expanded")),
         "follow-up-question": follow_up(get("main"), get("expanded"), get("detach_scores")),
+        FIDELITY: fidelity.analyze(params, exps),
     }
     timings = {f"training {name} ({len(e.runs)} runs, summed)": round(e.seconds, 1) for name, e in exps.items() if e.ran}
     clf = read_json(classifier_metrics)
@@ -401,7 +411,7 @@ def _cmd_summarize(args: argparse.Namespace) -> None:
     params = config.load(args.params, profile=args.profile)
     result = summarize(params, Path(args.runs), Path(args.eval), Path(args.classifier), Path(args.omniglot))
     data.atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
-    verdicts = [v["verdict"] for k, v in result.items() if not k.startswith("_") and k != "follow-up-question"]
+    verdicts = [v["verdict"] for k, v in result.items() if not k.startswith("_") and k not in NOT_CLAIMS]
     tally = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
     print(f"licm summarize: {args.out}: {tally} ({time.perf_counter() - t0:.1f}s)")
 
