@@ -23,6 +23,10 @@ test: install
 # PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
 # PROFILE=paper|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.
 PROFILE ?=
+PROFILES := paper quick smoke auto
+ifneq ($(filter-out $(PROFILES),$(PROFILE)),)
+$(error make report: PROFILE=$(PROFILE) is not a profile; expected one of: $(PROFILES))
+endif
 report: install
 	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -c "import yaml; from licm import config as c; \
 	asked = '$(PROFILE)' or yaml.safe_load(open('params.yaml'))['profile']; p = c.resolve_profile(asked); \

@@ -85,6 +85,8 @@ def report(tmp_path):
     }))
     run = tmp_path / "runs" / "main" / "seed0"
     run.mkdir(parents=True)
+    (run.parent / "experiment.json").write_text(json.dumps({"experiment": "main", "profile": "smoke", "selected": True,
+                                                            "seeds": [0]}))
     (run / "meta.json").write_text(json.dumps({"device": "cpu", "started": "2026-01-01T00:00:00+00:00",
                                                "finished": "2026-01-01T00:01:40+00:00"}))
     (run / "metrics.json").write_text(json.dumps({"iterations": 20, "mechanisms": ["a", "b"], "distinct_winners": 2,

@@ -19,6 +19,7 @@ import torch
 
 from licm import config, data
 from licm.config import LicmError
+from licm.specialization import matrix_from_winners, specialization  # noqa: F401 (part of this module's API)
 
 
 @torch.no_grad()
@@ -45,39 +46,6 @@ def winners_and_outputs(experts, discriminator, images, batch_size: int = 256) -
     if not winners:
         return np.zeros(0, np.int64), np.zeros((0, *images.shape[1:]), np.float32)
     return torch.cat(winners).numpy().astype(np.int64), torch.cat(outputs).numpy()
-
-
-def matrix_from_winners(winners, mechanisms, n_mechanisms: int, n_experts: int) -> np.ndarray:
-    """Proportion of each mechanism's digits won by each expert: [n_mechanisms, N'] (rows without digits: 0)."""
-    counts = np.zeros((n_mechanisms, n_experts), dtype=np.float64)
-    np.add.at(counts, (np.asarray(mechanisms, dtype=np.int64), np.asarray(winners, dtype=np.int64)), 1.0)
-    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-
-
-def win_matrix(committee, discriminator, images, mechanisms, n_mechanisms: int, batch_size: int = 256) -> np.ndarray:
-    """Proportion of each mechanism's digits won by each expert: array [n_mechanisms, N'].
-
-    mechanisms: [n] labels in 0..n_mechanisms-1; winners as in `winners_and_outputs`.
-    """
-    winners, _ = winners_and_outputs(committee, discriminator, images, batch_size)
-    return matrix_from_winners(winners, mechanisms, n_mechanisms, committee.n_experts)
-
-
-def specialization(matrix: np.ndarray) -> dict:
-    """Summary of a win matrix [n_mechanisms, N'].
-
-    top expert of a mechanism = the expert winning the largest share of its digits.
-    distinct_winners: number of mechanisms whose top expert wins more than 50% of them AND is not
-        the top expert of any other mechanism (so an expert covering two mechanisms counts for neither).
-    fully_specialized: every mechanism's top expert is different from every other's.
-    """
-    matrix = np.asarray(matrix)
-    top = matrix.argmax(axis=1)
-    share = matrix.max(axis=1)
-    values, counts = np.unique(top, return_counts=True)
-    times_top = dict(zip(values.tolist(), counts.tolist()))
-    distinct = sum(1 for m in range(len(top)) if share[m] > 0.5 and times_top[int(top[m])] == 1)
-    return {"distinct_winners": int(distinct), "fully_specialized": bool(len(values) == len(top))}
 
 
 # ---------------------------------------------------------------- licm evaluate

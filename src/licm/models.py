@@ -201,6 +201,7 @@ class Discriminators(nn.Module):
                  wasserstein: bool = False, seeds: int = 1):
         super().__init__()
         self.wasserstein, self.seeds = wasserstein, seeds
+        self.channels_last = False          # as Committee.channels_last
         self.stages = [int(c) for c in convs]
         layers, channels, size = [], 1, image_size
         for width, count in zip(widths, convs):
@@ -230,11 +231,12 @@ class Discriminators(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         K, S = x.shape[:2]
-        h, k = x, 0
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        h, k = x.contiguous(memory_format=fmt), 0
         for count in self.stages:
             for _ in range(count):
                 layer = self.convs[k]
-                h = F.elu(F.conv2d(h, layer.weight, layer.bias, padding=1, groups=S))
+                h = F.elu(F.conv2d(h, layer.weight.contiguous(memory_format=fmt), layer.bias, padding=1, groups=S))
                 k += 1
             h = F.avg_pool2d(h, 2)
         h = h.reshape(K, S, -1).transpose(0, 1)                                  # [S, K, C*h*w]

@@ -152,11 +152,13 @@ def assignment_from_win_matrix(matrix) -> list[int]:
 
 def run_assignment(run_dir: str | Path, names: list[str]) -> list[int]:
     """The assignment of a run, from the win matrix in its metrics.json (rows follow its mechanisms)."""
+    from licm.rundir import RunDir
+
     path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
+    metrics = RunDir(run_dir).metrics()
+    if metrics is None:
         raise LicmError(f"{path}: missing, so no win matrix to assign experts to mechanisms. "
                         "Fix: let `licm train` finish the run")
-    metrics = json.loads(path.read_text())
     run_names = metrics.get("mechanisms", names)
     top = assignment_from_win_matrix(metrics["win_matrix"])
     missing = [n for n in names if n not in run_names]

@@ -91,6 +91,18 @@ class RunDir:
     def is_finished(self) -> bool:
         return (self.path / "metrics.json").is_file()
 
+    def seconds(self) -> float | None:
+        """This run's share of the wall time of the job(s) that trained it (started to finished,
+        divided by the seeds trained together), None while unfinished."""
+        from datetime import datetime
+
+        meta = self.meta() or {}
+        try:
+            wall = (datetime.fromisoformat(meta["finished"]) - datetime.fromisoformat(meta["started"])).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            return None
+        return wall / max(len(meta.get("batch") or [0]), 1)
+
     def has_checkpoint(self) -> bool:
         return self.checkpoint_file.is_file()
 
@@ -231,10 +243,35 @@ class RunDir:
         return self.evaluation_dir / f"it{iteration:06d}.npz"
 
 
-def finished_runs(runs_dir: str | Path, experiment: str, seeds: list[int]) -> dict[int, RunDir]:
-    """The finished runs (metrics.json present) among an experiment's `seeds`, by seed."""
-    dirs = {s: RunDir.of(runs_dir, experiment, s) for s in seeds}
-    return {s: d for s, d in dirs.items() if d.is_finished()}
+# ---------------------------------------------------------------- an experiment's runs
+
+def record_path(runs_dir: str | Path, experiment: str) -> Path:
+    return Path(runs_dir) / experiment / "experiment.json"
 
 
-__all__ = ["RunDir", "RESUMABLE", "comparable", "finished_runs"]
+def experiment_record(runs_dir: str | Path, experiment: str) -> dict | None:
+    """<runs>/<experiment>/experiment.json (written by `licm collect`): profile, selected, seeds; None if absent."""
+    return _read_json(record_path(runs_dir, experiment))
+
+
+def write_experiment_record(runs_dir: str | Path, experiment: str, record: dict) -> None:
+    data.atomic_write_text(record_path(runs_dir, experiment), json.dumps(record, indent=2) + "\n")
+
+
+def experiment_runs(runs_dir: str | Path, experiment: str) -> dict[int, RunDir]:
+    """The runs an experiment's record lists (finished or not), by seed: which runs exist is the
+    record's answer, for every stage that reads runs."""
+    record = experiment_record(runs_dir, experiment) or {}
+    return {int(s): RunDir.of(runs_dir, experiment, int(s)) for s in record.get("seeds", [])}
+
+
+def all_runs(runs_dir: str | Path) -> list[tuple[str, int, RunDir]]:
+    """(experiment, seed, run) of every experiment with a record under `runs_dir`, sorted."""
+    out = []
+    for path in sorted(Path(runs_dir).glob("*/experiment.json")):
+        out += [(path.parent.name, s, d) for s, d in sorted(experiment_runs(runs_dir, path.parent.name).items())]
+    return out
+
+
+__all__ = ["RunDir", "RESUMABLE", "comparable", "record_path", "experiment_record", "write_experiment_record",
+           "experiment_runs", "all_runs"]

@@ -68,6 +68,10 @@ class RunState:
                    torch.full((S,), NEVER, dtype=torch.int64, device=device),
                    History.empty(HISTORY_CAPACITY, S, mechanisms, N, device))
 
+    def use_channels_last(self, on: bool) -> None:
+        """Convolutions of both networks in channels_last memory format (faster on the CPU)."""
+        self.committee.channels_last = self.discs.channels_last = on
+
     def start_adversarial(self, params: dict) -> None:
         """After AII: the committee's Adam carries on with lr_expert (carry_aii_optimizer) or starts afresh."""
         t = params["train"]

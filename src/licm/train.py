@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -58,7 +57,8 @@ def set_numerics(t: dict, device: torch.device) -> None:
     deterministic either way. precision applies on CUDA only (TF32 matrix products/convolutions)."""
     if t["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(t["deterministic"])
+    if t["deterministic"] != torch.are_deterministic_algorithms_enabled():   # (the call imports torch._dynamo: 2 s)
+        torch.use_deterministic_algorithms(t["deterministic"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not t["deterministic"]
         torch.backends.cudnn.deterministic = t["deterministic"]
@@ -76,6 +76,8 @@ class Progress:
 
     def __init__(self, label: str, log: str | None = None, every: float = 20.0, quiet: bool = False):
         self.label, self.every, self.quiet = label, every, quiet
+        if log:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
         self.file = open(log, "a", buffering=1) if log else None
         self.phase, self.total, self.t0, self.done0, self.last = "", 0, 0.0, 0, 0.0
 
@@ -232,7 +234,7 @@ def save(st: RunState, hist: HostHistory, dirs: list[RunDir]) -> None:
 
 def finish(st: RunState, dirs: list[RunDir], names: list[str], ev: EvalDigits, T: int, layout: str) -> list[dict]:
     """metrics.json of every seed (written last: it marks the run finished), from its last evaluation."""
-    from licm import evaluate as evaluation
+    from licm import specialization as evaluation
 
     out = []
     for i, d in enumerate(dirs):
@@ -301,7 +303,7 @@ def start_fresh(params, seeds, dirs, train_data, sampler, ev, hist, meta, layout
     for s, d in zip(seeds, dirs):
         d.start(params, {**meta, "seed": s}, digits)
     st = RunState.fresh(params, seeds, len(hist.names), train_data.transformed.device, layout, dtype)
-    st.committee.channels_last = channels_last
+    st.use_channels_last(channels_last)
     if a["enabled"]:
         progress.start("identity initialisation step", a["max_iterations"])
         approximate_identity(st, train_data, sampler, a["max_iterations"], a["mse_threshold"], progress.update)
@@ -316,7 +318,7 @@ def resume(params, dirs, hist, device, layout, channels_last, meta, progress, dt
     """Runs from their checkpoints (all at one iteration): state, history so far, meta.json updated."""
     checkpoints = [d.load_checkpoint() for d in dirs]
     st = RunState.resume(params, checkpoints, len(hist.names), device, layout, dtype)
-    st.committee.channels_last = channels_last
+    st.use_channels_last(channels_last)
     hist.pulled = int(st.iteration)
     for i, (d, ck) in enumerate(zip(dirs, checkpoints)):
         hist.load(i, ck["history"])
@@ -329,7 +331,7 @@ def run_meta(seeds, device, layout, channels_last, mode, t) -> dict:
     meta = {"batch": list(seeds), "device": str(device), "implementation": layout, "channels_last": channels_last,
             "step": mode, "precision": t["precision"] if device.type == "cuda" else "fp32",
             "deterministic": t["deterministic"], "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": _git_commit(), "started": _now(), "resumed": []}
+            "git_commit": config.git_commit(), "started": _now(), "resumed": []}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -363,15 +365,6 @@ def train(params: dict, seeds: list[int], dirs: list[RunDir], device, progress: 
 def run(params: dict, seed: int, out: str | Path, device="cpu", progress: bool = True) -> dict:
     """Train (or resume, or recognise as finished) one run in folder `out`; return its metrics."""
     return train(params, [seed], [RunDir(out)], device, Progress(f"seed {seed}", quiet=not progress))[0]
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _now() -> str:
