@@ -262,7 +262,7 @@ def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     assert "expand-fig8" in lines and "experiment expanded" in lines and "profile smoke" in lines
     assert figures.DESCRIPTIONS["expand-fig8"] in lines
     assert "make report PROFILE=paper" in lines and "--experiment expanded" in lines
-    assert figures.profiles_running(world["params"], "expanded") == ["paper", "quick"]
+    assert figures.profiles_running(world["params"], "expanded") == ["paper"]   # quick trains main only
     assert figures.profiles_running(world["params"], "experts_6") == ["paper"]
 
 

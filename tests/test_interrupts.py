@@ -54,7 +54,8 @@ def training_jobs(snakemake: psutil.Process) -> list[psutil.Process]:
 def test_interrupt_stops_jobs_and_resumes(repo, signum, seeds_per_job):
     for folder in [*RUNS, Path("logs/train")]:
         shutil.rmtree(repo / folder, ignore_errors=True)
-    config = f"--config seeds_per_job={seeds_per_job}"
+    # Both seeds' jobs must run at once on 2 cores (a training job asks for 2 threads: TRAIN_THREADS).
+    config = f"--config seeds_per_job={seeds_per_job} --set-threads train=1"
     log = repo / "logs" / f"interrupt-{signum.name}.log"
     log.parent.mkdir(exist_ok=True)
     with open(log, "w") as fh:

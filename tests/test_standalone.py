@@ -33,7 +33,10 @@ def bare_env() -> dict:
     """What the GPU machine has: a Python with the dependencies (here the venv's, named by PYTHON as
     device_run.sh reads it) and a PATH without the venv, so neither snakemake, dvc nor licm."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
-           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+           "PYTHON": sys.executable,
+           # what Snakemake gives a training job here (TRAIN_THREADS in common.smk, --cores 2): float sums
+           # depend on the thread count, and test_metrics_equal_a_snakemake_run compares bit for bit
+           "OMP_NUM_THREADS": "2"}
     for tool in ("snakemake", "dvc", "licm"):
         assert shutil.which(tool, path=env["PATH"]) is None, f"{tool} is on the bare PATH"
     return env
