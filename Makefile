@@ -17,8 +17,11 @@ $(BIN)/licm: pyproject.toml requirements.lock
 
 install: $(BIN)/licm
 
+# Two workers, one test module each at a time (tests/conftest.py: longest first): most tests wait on
+# subprocesses (Snakemake, DVC, SLURM, sshd) and leave a core idle.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
 # PROFILE=paper|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.

@@ -12,6 +12,21 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The longest modules first (seconds on 2 CPU cores, serial): `make test` runs two pytest-xdist
+# workers with one module per worker at a time (--dist loadfile: a module's fixtures, a SLURM
+# cluster, an SSH server, a smoke repository, are built once), so the long ones must not be last.
+LONGEST_FIRST = ("test_slurm.py",        # ~600 s
+                 "test_pipeline.py",     # ~530 s
+                 "test_fidelity.py",     # ~190 s
+                 "test_remote.py",       # ~140 s
+                 "test_standalone.py",   # ~110 s
+                 "test_train.py",        # ~100 s
+                 "test_interrupts.py")   # ~90 s
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: file order otherwise
 
 
 def mirror_path() -> Path | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,14 @@ def env() -> dict:
     e = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     e.pop("LICM_DATA_MIRROR", None)  # the copy must not fetch anything: its data is there
     return e
+
+
+def as_foreground_job() -> None:
+    """preexec_fn for a Snakemake started to receive Ctrl-C: SIGINT as in a terminal's foreground job,
+    however the tests were started. A shell without job control starts a background command with
+    SIGINT ignored, and every process below keeps that (licm.interrupts: why an earlier Ctrl-C test
+    hung in one full-suite run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import torch
 
-from smoke_repo import SMK, build_smoke_repo, data_source, env, set_params, sh, trained
+from smoke_repo import SMK, as_foreground_job, build_smoke_repo, data_source, env, set_params, sh, trained
 
 pytestmark = pytest.mark.pipeline
 RUNS = [Path("results/runs/main/seed0"), Path("results/runs/main/seed1")]
@@ -36,13 +36,6 @@ def repo(tmp_path_factory, request) -> Path:
     set_params(root, lambda p: p["profiles"]["smoke"].update(only_experiments=["main"], max_seeds=2) or
                p["profiles"]["smoke"]["train"].update(iterations=100000, checkpoint_every=1, eval_every=100000))
     return root
-
-
-def as_foreground_job() -> None:
-    """SIGINT as in a terminal's foreground job, however the tests were started: a shell without job
-    control starts a background command with SIGINT ignored, and every process below keeps that
-    (licm.interrupts: why an earlier Ctrl-C test hung in one full-suite run)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def training_jobs(snakemake: psutil.Process) -> list[psutil.Process]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from smoke_repo import SMK, build_smoke_repo, data_source, env, sh, tree_hashes
+from smoke_repo import SMK, as_foreground_job, build_smoke_repo, data_source, env, sh, tree_hashes
 from ssh_server import SSHServer, free_port, keygen, ssh_server
 
 # The first test also pays for the module's smoke build (minutes on a busy 2-core machine).
@@ -131,7 +131,7 @@ def interrupt_midway(repo: Path, remote: Path, total: int, sig: int) -> set[str]
     log = remote.parent / f"push-{name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(["dvc", "push"], cwd=repo, env=env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=as_foreground_job)
     done = start
     try:
         while proc.poll() is None:

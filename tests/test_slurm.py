@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from smoke_repo import REPO, SMK, build_smoke_repo, data_source, env, set_params, sh
+from smoke_repo import REPO, SMK, as_foreground_job, build_smoke_repo, data_source, env, set_params, sh
 
 # (the timeout: a loaded 2-core machine needs more than the suite's 600 s for the first test)
 pytestmark = [pytest.mark.pipeline, pytest.mark.slurm, pytest.mark.timeout(1500)]
@@ -134,7 +134,7 @@ def start_snakemake(cmd: str, repo: Path, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         return subprocess.Popen(f"exec {cmd}", shell=True, cwd=repo, env=env(), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_foreground_job)
 
 
 def started_run_id(proc: subprocess.Popen, log: Path) -> str:
@@ -196,7 +196,11 @@ def test_paper_profile_asks_a_gpu_for_training_only(cluster, repo):
             shown = {comment: cluster.job(js[0]["id"]) for comment, js in run_jobs(cluster, rid).items()}
         finally:
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:  # never leave it polling the cluster for the next tests
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
     finally:
         cluster.set_partition("UP")
     train = profile_resources()["train"]
