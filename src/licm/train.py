@@ -14,6 +14,7 @@ identity initialisation (LICM App. B): licm.step.approximate_identity.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import platform
 import sys
@@ -33,9 +34,9 @@ from licm.step import (NEVER, Sampler, StepConfig, Stepper, TrainData, approxima
                        step_mode, train_step)
 
 # What `implementation: auto` picks per device type: (layout, channels_last), from
-# benchmarks/bench_committee.py (benchmarks/results/). CPU (2 cores, torch 2.14): the loop over
-# experts with channels_last convolutions is fastest (ENGINE.md: experts forward+backward 0.83 s vs
-# 0.99 s contiguous and 1.13-2.1 s grouped). CUDA: grouped convolutions, one launch per layer for the
+# benchmarks/bench_committee.py (benchmarks/results/engine-cpu.json, benchmarks/README.md). CPU (2
+# cores, torch 2.14): the loop over experts with channels_last convolutions, the fastest eager layout
+# (706/1228/1911 ms per iteration at N' = 6/10/16 vs 842/1249/2002 grouped). CUDA: grouped convolutions, one launch per layer for the
 # whole batch of seeds x experts (ENGINE.md, H100).
 AUTO_IMPLEMENTATION = {"cpu": ("loop", True), "cuda": ("vectorized", False)}
 
@@ -334,10 +335,9 @@ def run_meta(seeds, device, layout, channels_last, mode, t) -> dict:
             "git_commit": config.git_commit(), "started": _now(), "resumed": []}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        import torchvision
-        meta["torchvision"] = torchvision.__version__
-    except ImportError:
+    try:   # from the package's metadata: importing torchvision costs 2 s (it imports torch._dynamo)
+        meta["torchvision"] = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         meta["torchvision"] = "absent"
     return meta
 
