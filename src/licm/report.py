@@ -148,17 +148,21 @@ def _why_missing(item: dict, runs: list[dict]) -> str:
     return "its figure stage has not run yet (or failed) for the finished runs"
 
 
+def copy_figure(src: Path, assets: Path) -> str | None:
+    """Copy a figure PNG next to the page (the report is one folder); its link, or None when missing."""
+    if not src.is_file():
+        return None
+    assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, assets / src.name)
+    return f"assets/{src.name}"
+
+
 def fidelity_context(block: dict | None, figures_dir: Path, assets: Path) -> dict:
     """The section "What decides specialization": the fidelity study's figure, table, power and sentences
     (licm.fidelity; the block is summary.json's `fidelity`)."""
     from licm import fidelity   # imports licm.summary, which imports this module
 
-    src = figures_dir / f"{FIDELITY_ID}.png"
-    figure = None
-    if src.is_file():
-        assets.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, assets / src.name)
-        figure = f"assets/{src.name}"
+    figure = copy_figure(figures_dir / f"{FIDELITY_ID}.png", assets)
     if not block:
         return {"figure": figure, "verdict": "not run", "rows": [], "power": [], "sentences": [],
                 "missing": f"no `{FIDELITY_ID}` entry in the summary: run `licm summarize`"}
@@ -180,12 +184,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
     sections = []
     for item in ITEMS:
         entry = summary.get(item["id"]) or {}
-        src = figures_dir / f"{item['id']}.png"
-        figure = None
-        if src.is_file():
-            assets.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, assets / src.name)
-            figure = f"assets/{src.name}"
+        figure = copy_figure(figures_dir / f"{item['id']}.png", assets)
         verdict = entry.get("verdict")
         if verdict not in VERDICTS:
             verdict = "not run" if item["kind"] == "claim" else ("figure produced" if figure else "not yet produced")
