@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ssh_server import free_port
+
 PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun", "sinfo")
 PACKAGES = "slurm-wlm munge"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
@@ -68,12 +70,6 @@ def stale_link() -> bool:
     except (OSError, ValueError):
         return True
     return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine_memory_mb() -> int:

@@ -44,6 +44,27 @@ def as_foreground_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_snakemake(cmd: str, repo: Path, log: Path) -> subprocess.Popen:
+    """`cmd` (a snakemake command line) in the background, its own process group, output to `log`;
+    SIGINT as in a terminal (as_foreground_job)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        return subprocess.Popen(f"exec {cmd}", shell=True, cwd=repo, env=env(), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_foreground_job)
+
+
+def wait_for(ready, seconds: float, what: str, proc: subprocess.Popen, log: Path):
+    """ready()'s first true value, polling every 0.5 s while `proc` runs; fails with the log's tail."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = ready()
+        if value:
+            return value
+        assert proc.poll() is None, f"snakemake ended before {what}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {seconds} s:\n{log.read_text()[-4000:]}")
+
+
 def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     t0 = time.time()
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)

@@ -48,13 +48,10 @@ class SSHServer:
     port: int
     user: str
     key: Path  # private key whose public half is in authorized_keys
-    log_path: Path
+    log_path: Path  # sshd's log, shown in a failing test's repr of the server
 
     def url(self, path: Path | str, with_user: bool = False) -> str:
         return f"ssh://{self.user + '@' if with_user else ''}{self.host}:{self.port}{path}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def sshd_binary() -> str:

@@ -18,9 +18,8 @@ import yaml
 from scipy.stats import beta, fisher_exact
 
 from licm import config, fidelity, figures, report, summary
-from smoke_repo import SMK, build_smoke_repo, data_source, ran_jobs, set_params, sh, trained
+from smoke_repo import REPO, SMK, build_smoke_repo, data_source, ran_jobs, set_params, sh, trained
 
-ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("fidelity_baseline", "fidelity_scores_after_d", "fidelity_d_fakes_then_real", "fidelity_per_example",
         "fidelity_carry_aii_adam", "fidelity_bn_eval", "fidelity_dcgan", "fidelity_repeat")
 # The arm trained at the smoke scale besides the baseline and the repeat (any arm works: a one-line change).
@@ -32,7 +31,7 @@ M = 10
 
 
 def paper_params() -> dict:
-    return config.load(ROOT / "params.yaml", profile="paper")
+    return config.load(REPO / "params.yaml", profile="paper")
 
 
 # ---------------------------------------------------------------- the experiment group in params.yaml
@@ -59,12 +58,12 @@ def test_group_in_params():
     assert (base["expert_scores_from"], base["d_update"], base["expert_update"], base["carry_aii_optimizer"],
             base["bn_mode_scoring"]) == ("d_before_update", "joint", "minibatch", False, "train")
     for profile in ("quick", "smoke"):                               # left out at the reduced scales
-        assert not set(ARMS) & set(config.selected_experiments(config.load(ROOT / "params.yaml", profile=profile)))
+        assert not set(ARMS) & set(config.selected_experiments(config.load(REPO / "params.yaml", profile=profile)))
 
 
 def test_integer_seeds_and_their_errors(tmp_path):
     """`seeds: N` means seeds 0..N-1 (capped by max_seeds); a bad value names the key and what is expected."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "smoke"
     raw["profiles"]["smoke"].update(only_experiments=["main", "fidelity_repeat"], max_seeds=3)
     raw["experiments"]["main"]["seeds"] = 2

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import psutil
 import pytest
 import torch
 
-from smoke_repo import SMK, as_foreground_job, build_smoke_repo, data_source, env, set_params, sh, trained
+from smoke_repo import SMK, build_smoke_repo, data_source, set_params, sh, start_snakemake, trained, wait_for
 
 pytestmark = pytest.mark.pipeline
 RUNS = [Path("results/runs/main/seed0"), Path("results/runs/main/seed1")]
@@ -50,15 +49,9 @@ def test_interrupt_stops_jobs_and_resumes(repo, signum, seeds_per_job):
     # Both seeds' jobs must run at once on 2 cores (a training job asks for 2 threads: TRAIN_THREADS).
     config = f"--config seeds_per_job={seeds_per_job} --set-threads train=1"
     log = repo / "logs" / f"interrupt-{signum.name}.log"
-    log.parent.mkdir(exist_ok=True)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(f"exec {SMK} report {config}", shell=True, cwd=repo, env=env(), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_foreground_job)
+    proc = start_snakemake(f"{SMK} report {config}", repo, log)
     try:
-        deadline = time.monotonic() + 300
-        while not all((repo / r / "checkpoint.pt").is_file() for r in RUNS) and proc.poll() is None:
-            assert time.monotonic() < deadline, f"no checkpoints within 300 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_for(lambda: all((repo / r / "checkpoint.pt").is_file() for r in RUNS), 300, "checkpoints", proc, log)
         time.sleep(1)
         snakemake = psutil.Process(proc.pid)
         jobs = training_jobs(snakemake)

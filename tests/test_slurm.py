@@ -16,14 +16,13 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 import slurm_cluster
-from smoke_repo import REPO, SMK, as_foreground_job, build_smoke_repo, data_source, env, set_params, sh
+from smoke_repo import REPO, SMK, build_smoke_repo, data_source, set_params, sh, start_snakemake, wait_for
 
 # (the timeout: a loaded 2-core machine needs more than the suite's 600 s for the first test)
 pytestmark = [pytest.mark.pipeline, pytest.mark.slurm, pytest.mark.timeout(1500)]
@@ -117,24 +116,6 @@ def smoke_runs(repo: Path) -> list[tuple[str, int]]:
 
     params = config.load(repo / "params.yaml", profile="smoke")
     return [(name, seed) for name in config.selected_experiments(params) for seed in config.seeds(params, name)]
-
-
-def wait_for(ready, seconds: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = ready()
-        if value:
-            return value
-        assert proc.poll() is None, f"snakemake ended before {what}:\n{log.read_text()[-4000:]}"
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {seconds} s:\n{log.read_text()[-4000:]}")
-
-
-def start_snakemake(cmd: str, repo: Path, log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        return subprocess.Popen(f"exec {cmd}", shell=True, cwd=repo, env=env(), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_foreground_job)
 
 
 def started_run_id(proc: subprocess.Popen, log: Path) -> str:

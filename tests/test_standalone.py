@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from smoke_repo import REPO, SMK, build_smoke_repo, data_source, sh
+from smoke_repo import REPO, SMK, build_smoke_repo, data_source, parse_seeds, sh
 
 pytestmark = pytest.mark.pipeline
 LIMITS = {"files": 8, "file_bytes": 16 * 2**20, "total_bytes": 64 * 2**20}
@@ -269,14 +269,6 @@ def snakemake_jobs(repo: Path) -> list[dict]:
     return jobs
 
 
-def seeds_of(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += range(int(lo), int(hi or lo) + 1)
-    return out
-
-
 def normal(args: list[str]) -> dict:
     """A licm command as parsed by licm's own parser, less what only changes where output goes."""
     from licm import cli
@@ -285,7 +277,7 @@ def normal(args: list[str]) -> dict:
     ignored = ("func", "log", "no_progress", "restart_if_changed", "params", "profile")  # profile: by --profile
     d = {k: v for k, v in ns.items() if k not in ignored}                     # here, by LICM_PROFILE there
     if d["command"] == "train":
-        seeds = seeds_of(d.pop("seeds")) if d.get("seeds") else [d["seed"]]
+        seeds = parse_seeds(d.pop("seeds")) if d.get("seeds") else [d["seed"]]
         d.pop("seed")
         out = d.pop("out")
         assert out in (None, f"{d['runs']}/{d['experiment']}/seed{seeds[0]}"), out

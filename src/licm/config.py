@@ -187,6 +187,13 @@ def params_hash(params: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def now() -> str:
+    """UTC time to the second, ISO 8601: the timestamps of meta.json, standalone.json and index.json."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def git_commit() -> str:
     """The commit of the code that runs, with " (uncommitted changes)" when the tracked files differ
     from it; LICM_GIT_COMMIT when set (a copy of the tree without .git, e.g. on a GPU machine);

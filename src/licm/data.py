@@ -263,6 +263,15 @@ def _publish(tmp: str | Path, path: Path, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path):
+    """The JSON at `path`, or None when it is missing or unreadable (the report's and the summary's
+    inputs are optional). Here, not in licm.report: a stage that reads JSON must not depend on the page."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

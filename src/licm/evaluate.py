@@ -19,7 +19,7 @@ import torch
 
 from licm import config, data
 from licm.config import LicmError
-from licm.specialization import matrix_from_winners, specialization  # noqa: F401 (part of this module's API)
+from licm.specialization import matrix_from_winners, specialization
 
 
 @torch.no_grad()

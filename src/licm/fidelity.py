@@ -106,9 +106,10 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
 
 
 @lru_cache(maxsize=16)
-def rejection_region(n0: int, n1: int, alpha: float) -> np.ndarray:
-    """[n0+1, n1+1] booleans: the tables (k0 of n0, k1 of n1) the two-sided Fisher test rejects at alpha."""
-    return np.array([[fisher_p(k1, n1, k0, n0) <= alpha for k1 in range(n1 + 1)] for k0 in range(n0 + 1)])
+def p_values(n0: int, n1: int) -> np.ndarray:
+    """[n0+1, n1+1]: the two-sided Fisher p-value of every table (k0 of n0, k1 of n1); cached per (n0, n1),
+    since the power table asks for them at two alphas."""
+    return np.array([[fisher_p(k1, n1, k0, n0) for k1 in range(n1 + 1)] for k0 in range(n0 + 1)])
 
 
 def fisher_power(n0: int, n1: int, p0: float, p1, alpha: float = ALPHA):
@@ -116,7 +117,7 @@ def fisher_power(n0: int, n1: int, p0: float, p1, alpha: float = ALPHA):
     of the rejection region, enumerating every table. p1 may be an array (one power per entry)."""
     from scipy.stats import binom
 
-    region = rejection_region(n0, n1, alpha).astype(np.float64)
+    region = (p_values(n0, n1) <= alpha).astype(np.float64)   # the tables the test rejects
     pmf0 = binom.pmf(np.arange(n0 + 1), n0, p0)
     scalar = np.ndim(p1) == 0
     p1 = np.atleast_1d(np.asarray(p1, dtype=np.float64))

@@ -222,8 +222,9 @@ def load_runset(runs_dir: Path, name: str, params: dict) -> RunSet:
     profile = record.get("profile", params["profile"])
     if not record.get("selected"):
         raise MissingArtifact(name, f"not run at profile {profile} (its record says selected: false)", fix)
-    metrics = {s: run.metrics() for s, run in rundir.experiment_runs(runs_dir, name).items()}
-    folders = {s: Path(runs_dir) / name / f"seed{s}" for s, m in metrics.items() if m is not None}
+    runs = rundir.experiment_runs(runs_dir, name)
+    metrics = {s: run.metrics() for s, run in runs.items()}
+    folders = {s: runs[s].path for s, m in metrics.items() if m is not None}
     if not folders:
         raise MissingArtifact(name, f"no finished run in {Path(runs_dir) / name} (no seed has metrics.json)", fix)
     return RunSet(name, profile, folders, {s: metrics[s] for s in folders})
@@ -235,9 +236,9 @@ def run_dir(folder: Path, experiment: str, needs: str):
     from licm.rundir import RunDir
 
     run = RunDir(folder)
-    have = {"params": (run.path / "params.json").is_file(), "history": (run.path / "history.csv").is_file(),
-            "checkpoint": run.has_checkpoint(), "evaluation": bool(run.evaluation_iterations())}[needs]
-    if not have:
+    have = {"params": lambda: (run.path / "params.json").is_file(), "history": lambda: (run.path / "history.csv").is_file(),
+            "checkpoint": run.has_checkpoint, "evaluation": lambda: bool(run.evaluation_iterations())}[needs]
+    if not have():
         raise MissingArtifact(experiment, f"{run.path} holds no {needs}",
                               f"re-run `licm train --experiment {experiment} --seed {folder.name[4:]}` "
                               f"(delete {folder} first)")

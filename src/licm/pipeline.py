@@ -220,7 +220,8 @@ def import_graph(src: Path) -> dict[str, frozenset[str]]:
     return {m: frozenset(imported(ast.parse((src / f"{m}.py").read_text())) - {m}) for m in sorted(modules)}
 
 
-def package_files(src: Path, module: str) -> set[Path]:
+@functools.lru_cache(maxsize=None)
+def package_files(src: Path, module: str) -> frozenset[Path]:
     """Non-Python package files a module names in a string constant (the params schema, templates)."""
     files = set()
     for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
@@ -231,7 +232,7 @@ def package_files(src: Path, module: str) -> set[Path]:
                 files.add(path)
             elif path.is_dir():
                 files.update(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
-    return files
+    return frozenset(files)
 
 
 def code_deps(*commands: str, src: Path = SOURCES) -> list[str]:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from licm import config
-from licm.data import atomic_write_text
+from licm.data import atomic_write_text, read_json
 
 
 # What `licm.load_run` reads of a checkpoint (RunDir.load_models); the rest (optimizers, RNG states,
@@ -42,10 +42,6 @@ def export_weights(run_dir: str | Path, dest: str | Path) -> Path:
     out.save_checkpoint({k: checkpoint[k] for k in WEIGHTS})
     out.write_json("params.json", src.params())
     return out.checkpoint_file
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -117,7 +113,7 @@ def publish(root: Path, out: Path, experiment: str = "main") -> dict:
     held = _copy_runs(res, out)
     model = out / "runs" / experiment / f"seed{seed}"
     export_weights(folder, model)
-    index = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "profile": params["profile"],
+    index = {"created": config.now(), "profile": params["profile"],
              **held, "not_run": [n for n in params["experiments"] if n not in held["experiments"]],
              "model": {"experiment": experiment, "seed": seed, "why": caption, "path": str(model.relative_to(out)),
                        "load": f"licm.load_run('{model.relative_to(out)}')"}}
@@ -146,7 +142,7 @@ def _cmd_publish(args) -> None:
     source = Path(args.source)
     with tempfile.TemporaryDirectory(prefix="licm-publish-") as scratch:
         root = source_tree(source, Path(scratch) / "tree")
-        profile = (_read(root / "results" / "summary.json") or {}).get("_meta", {}).get("profile", "result")
+        profile = (read_json(root / "results" / "summary.json") or {}).get("_meta", {}).get("profile", "result")
         out = Path(args.out or f"published/{profile}-{args.date}")
         if out.exists() and not args.force:
             raise config.LicmError(f"{out}: exists; choose another --out or pass --force to replace it")

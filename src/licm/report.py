@@ -22,7 +22,6 @@ offline. A small inline script records failed images and script errors in `#page
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -30,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from licm import config, data
+from licm.data import read_json
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "reduced scale", "not run")
 
@@ -80,14 +80,6 @@ FOLLOW_UP_TEXT = ("EXPAND leaves open: with a faithful implementation, do the ex
 
 
 # ---------------------------------------------------------------- gathering
-
-def read_json(path: Path):
-    """The JSON at `path`, or None when it is missing or unreadable (every input of the report is optional)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
 
 def collect_runs(runs_dir: Path) -> list[dict]:
     """One row per run the experiments' records list (licm.rundir): experiment, seed, finished?,

@@ -12,7 +12,7 @@
 
 Everything that reads or writes a run folder goes through `RunDir` (training, evaluation, figures,
 Omniglot, summary, report, pipeline, licm.load_run), so they agree on what a run is and which
-runs exist (`finished_runs`).
+runs exist (`experiment_runs`: an experiment's record).
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def code(*rules: str, rule_files: tuple[str, ...] = ()) -> list[str]:
 
 def stages() -> list[tuple[str, str, dict]]:
     """(name, comment, stage) in dvc.yaml order."""
-    from licm.figures import RUN_FIGURE_IDS
+    from licm.figures import DATA_FIGURES, RUN_FIGURE_IDS
 
     train_rules = ("workflow/rules/train.smk",)
     eval_rules = ("workflow/rules/evaluate.smk",)
@@ -93,7 +93,7 @@ def stages() -> list[tuple[str, str, dict]]:
             "cmd": "licm figures data --out results/figures",
             "deps": ["data/prepared/paper/test.npz", "data/prepared/expanded/test.npz", *code("figures_data")],
             "params": list(DATA_KEYS["figures_data"]),
-            "outs": ["results/figures/expand-fig1.png", "results/figures/expand-fig2.png"]}),
+            "outs": [f"results/figures/{i}.png" for i in DATA_FIGURES]}),
         ("plan", """\
 What the workflow plans per experiment (profile, seeds, the params its jobs read) and per stage
 (the resolved params its command reads), from the whole params.yaml: licm.pipeline. Cheap; its

@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from licm import config, pipeline
-from licm.data import atomic_write_bytes, atomic_write_text
+from licm.data import SPLITS, atomic_write_bytes, atomic_write_text
 
 STATE = "results/standalone.json"
 RUNS, EVAL, CLASSIFIER = "results/runs", "results/eval", "results/classifier"
 # The experiment shown on Omniglot (workflow/rules/evaluate.smk: OMNIGLOT_EXPERIMENT).
 OMNIGLOT_EXPERIMENT = "main"
-SPLITS = ("train_transformed", "train_canonical", "test")
 # Exit codes besides 0 (every job done), 1 (a job failed) and 2 (bad input, licm.cli).
 STOPPED = 3  # the budget ran out before every job was done: call again to continue
 # After SIGTERM, a job gets this long to stop on its own before SIGKILL.
@@ -318,13 +317,6 @@ def environment(root: Path) -> dict:
     and a hash of the package sources and params, so a result can be matched to its code."""
     import torch
 
-    commit = os.environ.get("LICM_GIT_COMMIT")
-    if not commit:
-        try:
-            got = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-            commit = got.stdout.strip() if got.returncode == 0 else "unknown"
-        except OSError:
-            commit = "unknown"
     sources = sorted(p for p in (root / "src" / "licm").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     digest = hashlib.sha256()
     for p in [*sources, root / "params.yaml"]:
@@ -332,14 +324,8 @@ def environment(root: Path) -> dict:
             digest.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     cuda = torch.cuda.is_available()
     return {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None, "commit": commit,
+            "cuda": cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None, "commit": config.git_commit(),
             "source_sha256": digest.hexdigest()[:16]}
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def execute(job: Job, state: State, key: str, verdict: str, options: list[str], deadline: float | None,
@@ -352,7 +338,7 @@ def execute(job: Job, state: State, key: str, verdict: str, options: list[str], 
     log = root / (job.own_log or f"logs/standalone/{job.name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     say(f"{job.name}: licm {' '.join(job.argv)}")
-    started, start_time = time.monotonic(), _now()
+    started, start_time = time.monotonic(), config.now()
     rec = {"key": key, "started": start_time}
     try:
         if job.inline:
@@ -361,10 +347,10 @@ def execute(job: Job, state: State, key: str, verdict: str, options: list[str], 
             status, rc = run_command([sys.executable, "-m", "licm.cli", *options, *job.argv], root,
                                      None if job.own_log else log, deadline, grace)
     except KeyboardInterrupt:  # the runner got SIGINT or SIGTERM; the job was stopped
-        rec.update(status="interrupted", rc=None, seconds=round(time.monotonic() - started, 2), finished=_now())
+        rec.update(status="interrupted", rc=None, seconds=round(time.monotonic() - started, 2), finished=config.now())
         state.data["jobs"][job.name] = rec
         raise
-    rec.update(status=status, rc=rc, seconds=round(time.monotonic() - started, 2), finished=_now())
+    rec.update(status=status, rc=rc, seconds=round(time.monotonic() - started, 2), finished=config.now())
     if status == "done":
         rec.update(outputs=state.outputs(job), content=state.content(job))
         if rec["outputs"] is None:
@@ -390,7 +376,7 @@ def run(params: dict, params_path: str, root: Path, experiments: list[str], budg
     deadlines = {"setup": None if end is None else end - reserve, "training": None if end is None else end - reserve,
                  "tail": end}
     state = State(root)
-    session = {"started": _now(), "budget": budget, "reserve": reserve, "experiments": experiments,
+    session = {"started": config.now(), "budget": budget, "reserve": reserve, "experiments": experiments,
                "profile": params["profile"], **environment(root), "jobs": []}
     state.data["sessions"].append(session)
     options = ["--params", params_path, "--profile", params["profile"]]   # before the command, for every job
@@ -410,7 +396,7 @@ def run(params: dict, params_path: str, root: Path, experiments: list[str], budg
             verdict = decide(job, state, key)
             if verdict == "adopt":
                 state.data["jobs"][job.name] = {"key": key, "status": "done", "outputs": state.outputs(job),
-                                                "content": state.content(job), "seconds": None, "finished": _now(),
+                                                "content": state.content(job), "seconds": None, "finished": config.now(),
                                                 "adopted": True}
             if verdict in ("done", "adopt"):
                 continue
@@ -429,7 +415,7 @@ def run(params: dict, params_path: str, root: Path, experiments: list[str], budg
         session["stopped"] = f"signal {getattr(exc, 'name', 'SIGINT')}"
         raise
     finally:
-        session.update(seconds=round(time.monotonic() - t0, 1), finished=_now(), failed=failed)
+        session.update(seconds=round(time.monotonic() - t0, 1), finished=config.now(), failed=failed)
         session.setdefault("stopped", "budget" if stopped else None)
         state.save()
     pending = [j.name for j in todo if decide(j, state, state.key(j)) != "done"]
@@ -442,7 +428,7 @@ def run(params: dict, params_path: str, root: Path, experiments: list[str], budg
 
 # Limits of the device tool on what comes back (README of the device): files, bytes per file, bytes in all.
 MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES = 8, 16 * 2**20, 64 * 2**20
-PART_BYTES = 15 * 2**20
+PART_BYTES = MAX_FILE_BYTES - 2**20
 
 
 def is_heavy(rel: Path) -> bool:
@@ -531,7 +517,7 @@ def pack_results(root: Path, params: dict, experiments: list[str], out_dir: Path
     left out and why) into out_dir, within the device's limits on what comes back."""
     out_dir.mkdir(parents=True, exist_ok=True)
     small = _small_results(root)
-    manifest: dict = {"created": _now(), "profile": params["profile"], "experiments": experiments,
+    manifest: dict = {"created": config.now(), "profile": params["profile"], "experiments": experiments,
                       "archives": {}, "left_out": []}
     manifest["archives"]["results.tar.gz"] = {"parts": _write_archive(small, out_dir, "results.tar.gz"),
                                               "files": len(small)}

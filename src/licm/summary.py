@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from licm import config, data
-from licm.report import read_json
+from licm.data import read_json
 from licm.rundir import RunDir
 
 REDUCED = "reduced scale"

@@ -13,7 +13,6 @@ identity initialisation (LICM App. B): licm.step.approximate_identity.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import importlib.metadata
 import os
 import platform
@@ -235,19 +234,19 @@ def save(st: RunState, hist: HostHistory, dirs: list[RunDir]) -> None:
 
 def finish(st: RunState, dirs: list[RunDir], names: list[str], ev: EvalDigits, T: int, layout: str) -> list[dict]:
     """metrics.json of every seed (written last: it marks the run finished), from its last evaluation."""
-    from licm import specialization as evaluation
+    from licm.specialization import matrix_from_winners, specialization
 
     out = []
     for i, d in enumerate(dirs):
         rec = d.evaluation(keys=("iterations", "winner"))
-        matrix = evaluation.matrix_from_winners(rec["winner"][-1], ev.mechanism, len(names), st.committee.n_experts)
+        matrix = matrix_from_winners(rec["winner"][-1], ev.mechanism, len(names), st.committee.n_experts)
         metrics = {"iterations": T, "mechanisms": names, "win_matrix": matrix.tolist(),
                    "top_expert": matrix.argmax(axis=1).tolist(), "top_share": matrix.max(axis=1).tolist(),
-                   **evaluation.specialization(matrix), "test_examples": int(len(ev.rows)),
+                   **specialization(matrix), "test_examples": int(len(ev.rows)),
                    "eval_iterations": rec["iterations"].tolist(),
                    "aii_iterations": st.aii_steps[i].tolist(), "implementation": layout}
         meta = d.meta() or {}
-        meta["finished"] = _now()
+        meta["finished"] = config.now()
         d.write_json("meta.json", meta)
         d.write_json("metrics.json", metrics)
         out.append(metrics)
@@ -332,7 +331,7 @@ def run_meta(seeds, device, layout, channels_last, mode, t) -> dict:
     meta = {"batch": list(seeds), "device": str(device), "implementation": layout, "channels_last": channels_last,
             "step": mode, "precision": t["precision"] if device.type == "cuda" else "fp32",
             "deterministic": t["deterministic"], "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": config.git_commit(), "started": _now(), "resumed": []}
+            "git_commit": config.git_commit(), "started": config.now(), "resumed": []}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     try:   # from the package's metadata: importing torchvision costs 2 s (it imports torch._dynamo)
@@ -365,10 +364,6 @@ def train(params: dict, seeds: list[int], dirs: list[RunDir], device, progress: 
 def run(params: dict, seed: int, out: str | Path, device="cpu", progress: bool = True) -> dict:
     """Train (or resume, or recognise as finished) one run in folder `out`; return its metrics."""
     return train(params, [seed], [RunDir(out)], device, Progress(f"seed {seed}", quiet=not progress))[0]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- CLI
