@@ -24,9 +24,9 @@ test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
-# PROFILE=paper|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.
+# PROFILE=paper|paper_main|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.
 PROFILE ?=
-PROFILES := paper quick smoke auto
+PROFILES := paper paper_main quick smoke auto
 ifneq ($(filter-out $(PROFILES),$(PROFILE)),)
 $(error make report: PROFILE=$(PROFILE) is not a profile; expected one of: $(PROFILES))
 endif
@@ -45,3 +45,15 @@ lock: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The CPU campaign (workflow/scripts/campaign.py): the main experiment's ten seeds at the papers' scale
+# in the background, from a clone outside the work tree; resumes wherever it was killed. Call
+# `make campaign` again whenever it is not running (and after committing a faster engine: new seeds
+# start at the new HEAD once its equivalence tests pass).
+.PHONY: campaign campaign-status campaign-stop
+campaign:
+	$(PYTHON) workflow/scripts/campaign.py start --repo $(CURDIR)
+campaign-status:
+	@$(PYTHON) workflow/scripts/campaign.py status --repo $(CURDIR)
+campaign-stop:
+	$(PYTHON) workflow/scripts/campaign.py stop

@@ -44,7 +44,7 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="licm", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-    parser.add_argument("--profile", choices=["auto", "paper", "quick", "smoke"], default=os.environ.get(PROFILE_ENV),
+    parser.add_argument("--profile", choices=["auto", "paper", "paper_main", "quick", "smoke"], default=os.environ.get(PROFILE_ENV),
                         help=f"override the file's `profile:` key (default: ${PROFILE_ENV} when set)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     for name in _modules_for(argv):

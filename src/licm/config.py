@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-PROFILES = ("paper", "quick", "smoke")
+PROFILES = ("paper", "paper_main", "quick", "smoke")
 # Keys of a profile block that steer the pipeline (which runs exist) instead of being merged.
 PIPELINE_KEYS = ("max_seeds", "only_experiments")
 
@@ -212,6 +212,28 @@ def git_commit() -> str:
         return head.stdout.strip() + (" (uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# CPU flags that decide which kernels the step gets (AVX2 / AVX-512 fp32, bf16 dot products, AMX tiles).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict:
+    """The CPU model and its relevant flags: float results differ between CPU models (not between runs
+    on one machine), so every run and benchmark records them."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count()}
 
 
 def data_mirror(params: dict) -> Path | None:

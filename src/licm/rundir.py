@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from licm import data
+from licm import config, data
 from licm.config import LicmError
 
 # What a run's result depends on, less what may change between a run and its resume: how far it
@@ -181,8 +181,9 @@ class RunDir:
 
     def status(self, params: dict, restart_if_changed: bool = False) -> str:
         """`finished` (metrics.json at params' iterations, same params), `resume` (a checkpoint of
-        the same params), or `fresh`. A checkpoint of other params is an error, or, with
-        `restart_if_changed` (the pipeline re-runs a job because its params changed), discarded."""
+        the same params made at this commit), or `fresh`. A checkpoint of other params or of another
+        commit (a run trains from one commit from start to end) is an error, or, with
+        `restart_if_changed` (the pipeline re-runs a job because its params or code changed), discarded."""
         if not self.has_checkpoint():
             return "fresh"
         old = self.params() if (self.path / "params.json").is_file() else None
@@ -194,6 +195,13 @@ class RunDir:
         metrics = self.metrics()
         if metrics and metrics.get("iterations") == params["train"]["iterations"]:
             return "finished"
+        started, here = (self.meta() or {}).get("git_commit", "unknown"), config.git_commit()
+        if "unknown" not in (started, here) and started != here:
+            if not restart_if_changed:
+                raise LicmError(f"{self.path}: started at commit {started}, this is commit {here}: a run is never "
+                                f"resumed at another commit. Fix: check out {started.split()[0]} to finish it, or "
+                                "delete the folder (or pass --restart-if-changed) to train it again here")
+            return "fresh"
         return "resume"
 
     # ------------------------------------------------------------ writing (licm train only)

@@ -331,7 +331,8 @@ def run_meta(seeds, device, layout, channels_last, mode, t) -> dict:
     meta = {"batch": list(seeds), "device": str(device), "implementation": layout, "channels_last": channels_last,
             "step": mode, "precision": t["precision"] if device.type == "cuda" else "fp32",
             "deterministic": t["deterministic"], "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": config.git_commit(), "started": config.now(), "resumed": []}
+            "git_commit": config.git_commit(), "started": config.now(), "resumed": [],
+            "cpu": config.cpu_info(), "threads": torch.get_num_threads()}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     try:   # from the package's metadata: importing torchvision costs 2 s (it imports torch._dynamo)
@@ -423,7 +424,11 @@ def register(sub) -> None:
     p.add_argument("--log", default=None,
                    help="append every message to this file; the terminal gets a progress line (rate, ETA) "
                         "at least every 20 s")
-    p.add_argument("--restart-if-changed", action="store_true",
-                   help="a run folder whose checkpoint holds other params is restarted instead of refused")
+    restart = p.add_mutually_exclusive_group()
+    restart.add_argument("--restart-if-changed", action="store_true",
+                         help="a run folder whose checkpoint holds other params, or an unfinished run started at "
+                              "another commit, is restarted instead of refused")
+    restart.add_argument("--no-restart", dest="restart_if_changed", action="store_false",
+                         help="refuse such a folder (the default; for the pipeline's restart_if_changed=false)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines (messages still shown)")
     p.set_defaults(func=_cmd_train)

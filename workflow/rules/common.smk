@@ -19,7 +19,10 @@ from licm import stages as licm_stages
 #   seeds_per_gpu=N    training jobs sharing one GPU at a time (default 2)
 #   gpus=N             GPUs on this machine (default: what torch sees)
 #   data_rules=false   no rules for data/ (DVC's data stages own it; the train@ stages pass this)
-PIPELINE_CONFIG = ("profile", "seeds_per_job", "seeds_per_gpu", "gpus", "data_rules")
+#   restart_if_changed=false   a training job refuses a run folder holding other params or another
+#                      commit's unfinished run (the default discards it and trains again: the job
+#                      re-runs because its params or code changed). The CPU campaign passes false.
+PIPELINE_CONFIG = ("profile", "seeds_per_job", "seeds_per_gpu", "gpus", "data_rules", "restart_if_changed")
 _file = yaml.safe_load(Path("params.yaml").read_text())
 _changed = sorted(k for k in config if k not in PIPELINE_CONFIG and config[k] != _file.get(k))
 if _changed:
@@ -27,6 +30,8 @@ if _changed:
                                   "(licm jobs read params.yaml: edit it, or use `dvc exp run -S`)")
 
 DATA_RULES = pipeline.setting_flag("data_rules", config.get("data_rules"), default=True)
+TRAIN_RESTART = ("--restart-if-changed" if pipeline.setting_flag("restart_if_changed", config.get("restart_if_changed"),
+                                                                  default=True) else "--no-restart")
 PARAMS = licm_config.load("params.yaml", profile=config.get("profile"))
 PROFILE = PARAMS["profile"]
 # Every job's `licm` reads the resolved profile from here (cli.py: the default of --profile), so a

@@ -21,7 +21,7 @@ rule train:
     """One seed. Only metrics.json is a declared output: `licm train` writes it last and atomically, so
     a failed or killed job never leaves it (and Snakemake deletes it before re-running). The rest of
     the folder (checkpoint.pt, ...) is not declared on purpose: the checkpoint must survive for the
-    resume (--restart-if-changed: unless it was made with other params). The whole folder is inside
+    resume (--restart-if-changed: unless it was made with other params or at another commit). The whole folder is inside
     DVC's output results/runs/<experiment>."""
     input:
         lambda w: prepared_files(w.experiment),
@@ -39,7 +39,7 @@ rule train:
         LICM_ENV
     shell:
         "OMP_NUM_THREADS={threads} licm train --experiment {wildcards.experiment} --seed {wildcards.seed} "
-        "--restart-if-changed --log {log}"
+        "{TRAIN_RESTART} --log {log}"
 
 
 for _name, _seeds in TRAIN_BATCHES:
@@ -65,7 +65,7 @@ for _name, _seeds in TRAIN_BATCHES:
             LICM_ENV
         shell:
             "OMP_NUM_THREADS={threads} licm train --experiment {params.experiment} --seeds {params.seeds} "
-            "--restart-if-changed --log {log}"
+            "{TRAIN_RESTART} --log {log}"
 
     apply_train_settings(train_batch_rule(_name, _seeds))
 
