@@ -51,7 +51,7 @@ clean-venv:
 # `make campaign` again whenever it is not running (and after committing a faster engine: new seeds
 # start at the new HEAD once its equivalence tests pass).
 .PHONY: campaign campaign-status campaign-stop
-campaign:
+campaign: install
 	$(PYTHON) workflow/scripts/campaign.py start --repo $(CURDIR)
 campaign-status:
 	@$(PYTHON) workflow/scripts/campaign.py status --repo $(CURDIR)

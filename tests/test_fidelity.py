@@ -86,12 +86,15 @@ def write_arm(root: Path, name: str, fully: list[bool], profile: str = "paper", 
     (folder / "experiment.json").write_text(json.dumps({"experiment": name, "profile": profile, "selected": True,
                                                         "seeds": seeds}))
     (root / "eval" / name).mkdir(parents=True)
+    # The run's resolved params at `profile`: what decides whether it is at the papers' scale.
+    run_params = config.experiment(config.load(REPO / "params.yaml", profile=profile), name)
     distinct, acc = [], []
     for s, ok in zip(seeds, fully):
         top = list(range(M)) if ok else [0, 0] + list(range(2, M))
         distinct.append(M if ok else M - 1 - s % 3)
         acc.append(accuracy + 0.01 * (s % 4))
         (folder / f"seed{s}").mkdir()
+        (folder / f"seed{s}" / "params.json").write_text(json.dumps(run_params))
         (folder / f"seed{s}" / "metrics.json").write_text(json.dumps({
             "iterations": 2000, "mechanisms": [f"m{i}" for i in range(M)], "win_matrix": np.eye(M)[top].tolist(),
             "top_expert": top, "top_share": [1.0] * M, "distinct_winners": distinct[-1], "fully_specialized": ok}))
@@ -120,7 +123,7 @@ def test_analysis_against_scipy_and_holm_by_hand(tmp_path):
     made = {"fidelity_baseline": write_arm(tmp_path, "fidelity_baseline", counts(9, 30)),
             "fidelity_per_example": write_arm(tmp_path, "fidelity_per_example", counts(22, 30), accuracy=0.95),
             "fidelity_bn_eval": write_arm(tmp_path, "fidelity_bn_eval", counts(12, 30)),
-            "fidelity_dcgan": write_arm(tmp_path, "fidelity_dcgan", counts(27, 28)),
+            "fidelity_dcgan": write_arm(tmp_path, "fidelity_dcgan", counts(27, 30)),
             "fidelity_repeat": write_arm(tmp_path, "fidelity_repeat", counts(8, 30))}
     block = analyse(tmp_path)
     rows = {r["arm"]: r for r in block["arms"]}

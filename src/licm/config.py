@@ -170,6 +170,17 @@ def load(path: str | os.PathLike = "params.yaml", profile: str | None = None,
     return merged
 
 
+@functools.lru_cache(maxsize=4)
+def _paper_params(path: str, stamp: float) -> dict:
+    return load(path, profile="paper")
+
+
+def paper_params(path: str | os.PathLike = "params.yaml") -> dict:
+    """The params the `paper` profile resolves from `path`: what "the papers' scale" means when a
+    verdict is decided from the runs (licm.summary.Experiment.paper_scale). Cached per file version."""
+    return copy.deepcopy(_paper_params(str(path), Path(path).stat().st_mtime))
+
+
 def experiment(params: dict, name: str) -> dict:
     """Params of one named experiment: its overrides merged over the base blocks."""
     if name not in params["experiments"]:

@@ -95,7 +95,7 @@ def _copy_runs(res: Path, out: Path) -> dict:
     return {k: v if k == "experiments" else sorted(v, key=str) for k, v in held.items()}
 
 
-def publish(root: Path, out: Path, experiment: str = "main") -> dict:
+def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | None = None) -> dict:
     """Copy the publishable files of the tree `root` (with results/) into `out` and export the weights of
     `experiment`'s typical seed; write and return out/index.json (what the snapshot holds)."""
     from licm import figures
@@ -112,17 +112,82 @@ def publish(root: Path, out: Path, experiment: str = "main") -> dict:
     _copy_results(root, out)
     held = _copy_runs(res, out)
     model = out / "runs" / experiment / f"seed{seed}"
-    export_weights(folder, model)
+    if not (model / "checkpoint.pt").is_file():         # a campaign published every seed's weights already
+        export_weights(folder, model)
+    clf = res / "classifier" / "classifier.pt"
+    if clf.is_file():                       # 0.6 MB: lets anyone re-score the published outputs
+        _copy(clf, out / "classifier" / "classifier.pt")
     index = {"created": config.now(), "profile": params["profile"],
              **held, "not_run": [n for n in params["experiments"] if n not in held["experiments"]],
              "model": {"experiment": experiment, "seed": seed, "why": caption, "path": str(model.relative_to(out)),
                        "load": f"licm.load_run('{model.relative_to(out)}')"}}
+    if campaign is not None:
+        index["campaign"] = campaign_index(campaign, res / "runs" / experiment)
     files = [p for p in sorted(out.rglob("*")) if p.is_file()]
     index["bytes"] = sum(p.stat().st_size for p in files)
     index["largest"] = {str(p.relative_to(out)): p.stat().st_size
                         for p in sorted(files, key=lambda p: -p.stat().st_size)[:3]}
+    if campaign is not None:
+        atomic_write_text(out / "README.md", snapshot_readme(index, experiment))
     atomic_write_text(out / "index.json", json.dumps(index, indent=1) + "\n")
     return index
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    return (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()
+
+
+def snapshot_readme(index: dict, experiment: str) -> str:
+    """The snapshot's README: what it holds, what was thinned and why, how to load a seed."""
+    c = index["campaign"]
+    seeds = sorted(c["seeds"], key=int)
+    cpus = sorted({str(v["cpu"]) for v in c["seeds"].values()})
+    commits = sorted({str(v["commit"])[:10] for v in c["seeds"].values()})
+    return f"""# The main experiment at the papers' scale, on a CPU
+
+Made by the CPU campaign (`make campaign`, workflow/scripts/campaign.py): Snakemake at the `paper_main`
+profile (the `paper` profile restricted to the main experiment), one seed per training job, CPU, fp32,
+2 threads ({', '.join(cpus)}); seeds {', '.join(seeds)}; commits {', '.join(commits)} (each seed trained from
+one commit; index.json lists each seed's commit, attempts, interruptions and wall time).
+
+- `report/index.html`: the report (open it in a browser); `summary.json`: numbers and verdicts per claim.
+- `runs/{experiment}/seed<K>/`: `metrics.json`, `meta.json` (commit, CPU model and flags, threads, torch,
+  times, resumes), `params.json`, `campaign.json` (this seed's attempts), `checkpoint.pt` (committee and
+  discriminator only: `licm.load_run("{{this folder}}/runs/{experiment}/seed<K>")` loads it on a CPU),
+  `history.csv.gz` and `evaluation/`.
+- `eval/{experiment}/seed<K>.json`: win matrices and classifier accuracies at every evaluation;
+  `classifier/classifier.pt`: the classifier that scored them.
+
+Thinned to stay small (a full run folder is ~70 MB): no optimizer state in the checkpoints (training
+cannot resume from them; `licm.load_run` needs none); history.csv gzip-compressed with the mean D
+scores rounded to 5 decimals (plots need no more); every evaluation keeps each test digit's winner,
+but the experts' outputs (2 MB per evaluation) only after identity initialisation, at the evaluation
+nearest the figures' target iteration and at the end (what LICM Fig. 3 and the final accuracy use).
+`RunDir.evaluation()` asked for outputs returns those evaluations only. Total: {index["bytes"] / 2**20:.1f} MiB.
+"""
+
+
+def campaign_index(campaign: dict, runs: Path) -> dict:
+    """The campaign's record for index.json: per seed its commit, CPU, threads, torch, every attempt
+    (start, end or last sign of life, how it ended), the resumes `licm train` recorded, and its wall time
+    (the attempts' durations added up: the pauses between working sessions do not count)."""
+    seeds, total = {}, 0.0
+    for k, entry in sorted(campaign.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
+        meta = read_json(runs / f"seed{k}" / "meta.json") or {}
+        attempts = entry.get("attempts", [])
+        wall = sum(_seconds(a["start"], a.get("end") or a.get("last_seen")) or 0.0 for a in attempts)
+        total += wall
+        seeds[k] = {"commit": entry.get("commit"), "cpu": (meta.get("cpu") or {}).get("model"),
+                    "cpu_flags": (meta.get("cpu") or {}).get("flags"), "threads": meta.get("threads"),
+                    "torch": meta.get("torch"), "precision": meta.get("precision"), "wall_seconds": round(wall),
+                    "attempts": attempts, "interruptions": sum(1 for a in attempts if a.get("how") != "finished"),
+                    "resumed": meta.get("resumed", []), "started": meta.get("started"),
+                    "finished": meta.get("finished")}
+    return {"created": campaign.get("created"), "completed": campaign.get("completed"),
+            "driver_starts": len(campaign.get("restarts", [])), "equivalence": campaign.get("equivalence", {}),
+            "seeds": seeds, "training_wall_seconds": round(total)}
 
 
 def source_tree(source: Path, scratch: Path) -> Path:
@@ -138,18 +203,66 @@ def source_tree(source: Path, scratch: Path) -> Path:
     return source
 
 
+# ---------------------------------------------------------------- one seed at a time (the CPU campaign)
+
+def kept_outputs(iterations: list[int], target: int) -> set[int]:
+    """The evaluations whose outputs a published seed keeps: after identity initialisation, the one
+    nearest the figures' target iteration (LICM Fig. 3, 5b) and the last (the final accuracy)."""
+    return {iterations[0], min(iterations, key=lambda it: (abs(it - target), it)), iterations[-1]}
+
+
+def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, campaign: dict | None = None) -> Path:
+    """A finished run's compact results into `out` (complete or absent: built aside, then renamed):
+    RunDir.compact_copy (metrics, meta, params, compressed history, winners of every evaluation, outputs
+    of kept_outputs), the weights-only checkpoint (licm.load_run loads it on a CPU), the run's
+    evaluation JSON beside the runs as <snapshot>/eval/<experiment>/seed<K>.json, and `campaign.json`:
+    the campaign's record of this seed (commit, every attempt and how it ended)."""
+    from licm.rundir import RunDir
+
+    run, out = RunDir(run_dir), Path(out)
+    if not run.is_finished():
+        raise config.LicmError(f"{run.path}: not finished (no metrics.json); publish a seed once it has trained")
+    ev_out = out.parents[2] / "eval" / out.parent.name / f"{out.name}.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    target = run.params()["figures"]["target_iteration"]
+    run.compact_copy(tmp, kept_outputs(run.evaluation_iterations(), target))
+    export_weights(run.path, tmp)
+    if campaign is not None:
+        atomic_write_text(tmp / "campaign.json", json.dumps(campaign, indent=1, sort_keys=True) + "\n")
+    _copy(Path(eval_json), ev_out)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _cmd_publish_seed(args) -> None:
+    campaign = None
+    if args.campaign:
+        seed = Path(args.run).name.removeprefix("seed")
+        campaign = (read_json(Path(args.campaign)) or {}).get("seeds", {}).get(seed)
+    out = publish_seed(args.run, args.eval, args.out, campaign)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"licm publish-seed: {args.run} -> {out} ({size / 2**20:.2f} MiB); licm.load_run('{out}')")
+
+
 def _cmd_publish(args) -> None:
     source = Path(args.source)
     with tempfile.TemporaryDirectory(prefix="licm-publish-") as scratch:
         root = source_tree(source, Path(scratch) / "tree")
         profile = (read_json(root / "results" / "summary.json") or {}).get("_meta", {}).get("profile", "result")
         out = Path(args.out or f"published/{profile}-{args.date}")
-        if out.exists() and not args.force:
+        if out.exists() and not args.force and not args.campaign:
             raise config.LicmError(f"{out}: exists; choose another --out or pass --force to replace it")
         tmp = out.with_name(f".{out.name}.tmp")    # complete or absent: built aside, then renamed
         shutil.rmtree(tmp, ignore_errors=True)
+        campaign = read_json(Path(args.campaign)) if args.campaign else None
+        if campaign is not None and out.exists():   # a campaign's snapshot: keep the seeds published one by one
+            shutil.copytree(out, tmp)
+            shutil.rmtree(tmp / "report", ignore_errors=True)
         try:
-            index = publish(root, tmp, args.experiment)
+            index = publish(root, tmp, args.experiment, campaign)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -171,7 +284,20 @@ def register(sub) -> None:
     p.add_argument("--date", default=dt.date.today().isoformat(), help="date in the default --out (default: today)")
     p.add_argument("--experiment", default="main", help="whose typical seed's weights to export (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out when it exists")
+    p.add_argument("--campaign", default=None,
+                   help="campaign.json of workflow/scripts/campaign.py: complete the snapshot its seeds were "
+                        "published into (kept), with the campaign's record in index.json")
     p.set_defaults(func=_cmd_publish)
+    q = sub.add_parser("publish-seed", help="one finished seed's compact results into a snapshot (the CPU campaign)",
+                       description="Copy a finished run's metrics, meta, params, compressed history, every "
+                                   "evaluation's winners (outputs at a few), its evaluation JSON and its weights "
+                                   "(no optimizer state) into published/<snapshot>/runs/<experiment>/seed<K>/.")
+    q.add_argument("--run", required=True, help="the run folder (results/runs/<experiment>/seed<K>)")
+    q.add_argument("--eval", required=True, help="its evaluation JSON (results/eval/<experiment>/seed<K>.json)")
+    q.add_argument("--out", required=True, help="<snapshot>/runs/<experiment>/seed<K>")
+    q.add_argument("--campaign", default=None, help="campaign.json of workflow/scripts/campaign.py: this seed's "
+                                                    "record (commit, attempts) goes into the published folder")
+    q.set_defaults(func=_cmd_publish_seed)
 
 
-__all__ = ["export_weights", "publish", "source_tree"]
+__all__ = ["export_weights", "kept_outputs", "publish", "publish_seed", "source_tree"]

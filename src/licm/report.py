@@ -96,7 +96,7 @@ def collect_runs(runs_dir: Path) -> list[dict]:
             "mechanisms": len(mechs), "distinct_winners": metrics.get("distinct_winners"),
             "fully_specialized": metrics.get("fully_specialized"),
             "experts_used": len(set(metrics.get("top_expert") or [])) if metrics else None,
-            "seconds": run.seconds(), "device": meta.get("device", "?"),
+            "seconds": run.seconds(), "device": run.hardware() if meta else "?",
         })
     return rows
 

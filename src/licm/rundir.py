@@ -103,6 +103,20 @@ class RunDir:
             return None
         return wall / max(len(meta.get("batch") or [0]), 1)
 
+    def hardware(self) -> str:
+        """What computed this run, in the words the report uses: "CPU, fp32, 2 threads (<model>)" or
+        "<GPU>, <precision>" (float results differ between CPU models and thread counts)."""
+        meta = self.meta() or {}
+        device = str(meta.get("device", "unknown device"))
+        if device.startswith("cuda"):
+            return f"{meta.get('gpu', device)}, {meta.get('precision', '?')}"
+        if device != "cpu":
+            return device
+        threads = meta.get("threads")
+        model = (meta.get("cpu") or {}).get("model")
+        return (f"CPU, {meta.get('precision', 'fp32')}, {threads if threads else 'unrecorded'} threads"
+                + (f" ({model})" if model else ""))
+
     def has_checkpoint(self) -> bool:
         return self.checkpoint_file.is_file()
 
@@ -139,6 +153,8 @@ class RunDir:
             out = {k: z[k] for k in z.files}
         its = self.evaluation_iterations(upto)
         wanted = set(keys or ("iterations", "test_index", "mechanism", "label", "winner", "outputs"))
+        if "outputs" in wanted:             # a published (thinned) folder keeps outputs at a few evaluations
+            its = [it for it in its if self._has_outputs(it)]
         n, parts = len(out["test_index"]), {"winner": [], "outputs": []}
         for it in its:
             if wanted & {"winner", "outputs"}:
@@ -153,6 +169,10 @@ class RunDir:
             out["outputs"] = np.stack(parts["outputs"]) if parts["outputs"] else np.zeros((0, n, 0, 0), np.uint8)
         return {k: v for k, v in out.items() if k in wanted}
 
+    def _has_outputs(self, iteration: int) -> bool:
+        with np.load(self._evaluation_file(iteration)) as z:
+            return "outputs" in z.files
+
     def evaluation_iterations(self, upto: int | None = None) -> list[int]:
         its = sorted(int(p.stem[2:]) for p in self.evaluation_dir.glob("it*.npz"))
         return [i for i in its if upto is None or i <= upto]
@@ -161,6 +181,8 @@ class RunDir:
         import pandas as pd
 
         path = self.path / "history.csv"
+        if not path.is_file() and (self.path / "history.csv.gz").is_file():
+            path = self.path / "history.csv.gz"          # a published folder's (compressed)
         if not path.is_file():
             raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}")
         return pd.read_csv(path)
@@ -230,6 +252,25 @@ class RunDir:
         self.write_json("meta.json", meta)
         return meta
 
+    def compact_copy(self, dest: str | Path, keep_outputs: set[int], decimals: int = 5) -> "RunDir":
+        """A small copy of a finished run for publishing (no checkpoint: see licm.publish.export_weights):
+        params, meta and metrics; the history as history.csv.gz with mean scores rounded to `decimals`
+        (a plot's precision; wins exact); every evaluation's winners, and its outputs only at the
+        iterations `keep_outputs` (each is ~2 MB at the papers' scale; `evaluation()` then returns, when
+        asked for outputs, only the evaluations that hold them)."""
+        out = RunDir(dest)
+        out.evaluation_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("params.json", "meta.json", "metrics.json"):
+            shutil.copyfile(self.path / name, out.path / name)
+        shutil.copyfile(self.evaluation_dir / "digits.npz", out.evaluation_dir / "digits.npz")
+        for it in self.evaluation_iterations():
+            with np.load(self._evaluation_file(it)) as z:
+                kept = {k: z[k] for k in z.files if k != "outputs" or it in keep_outputs}
+            data.write_npz(out._evaluation_file(it), kept, compress=True)
+        history = self.history().round({"score_mean": decimals})
+        data.atomic_write_bytes(out.path / "history.csv.gz", _gzip(history.to_csv(index=False)))
+        return out
+
     def write_json(self, name: str, obj) -> None:
         data.atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -249,6 +290,12 @@ class RunDir:
 
     def _evaluation_file(self, iteration: int) -> Path:
         return self.evaluation_dir / f"it{iteration:06d}.npz"
+
+
+def _gzip(text: str) -> bytes:
+    import gzip
+
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)      # mtime 0: the same bytes every time
 
 
 # ---------------------------------------------------------------- an experiment's runs

@@ -6,8 +6,9 @@ metrics and the Omniglot restoration table. Writes the shape `licm report` reads
 {ID: {"numbers": {...}, "verdict": ..., "note": ...}, "follow-up-question": {...}, "fidelity": {...},
 "_meta": {...}}; "fidelity" is the fidelity study's analysis (licm.fidelity.analyze).
 
-A verdict is only given for runs at the papers' scale (profile `paper`). At a reduced scale
-(`quick`, `smoke`) the verdict is "reduced scale" and the note says what the rule would conclude
+A verdict is only given for runs at the papers' scale, decided from the runs themselves (every seed the
+`paper` profile declares, each run with the params it resolves: Experiment.paper_scale), whatever
+profile or device produced them. At a reduced scale (`quick`, `smoke`) the verdict is "reduced scale" and the note says what the rule would conclude
 from these numbers: a pipeline check, not evidence. "k of n seeds" comes with a 95% Clopper-Pearson
 interval: on a GPU the same seed can land differently from run to run, so k is a noisy count.
 The rules deciding each verdict are written in the notes, next to the numbers they use.
@@ -23,7 +24,7 @@ import numpy as np
 
 from licm import config, data
 from licm.data import read_json
-from licm.rundir import RunDir
+from licm.rundir import RunDir, comparable
 
 REDUCED = "reduced scale"
 # Entries of summary.json that are not claims: the follow-up question and the fidelity study (licm.fidelity).
@@ -44,10 +45,13 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
 class Experiment:
     """One experiment's finished runs (`figures.load_runset`: the same reading as the figures) and evaluations."""
 
-    def __init__(self, name: str, runs_dir: Path, eval_dir: Path, params: dict):
+    def __init__(self, name: str, runs_dir: Path, eval_dir: Path, params: dict, paper: dict | None = None):
         from licm.figures import MissingArtifact, load_runset
 
         self.name, self.profile, self.runs, self.evals, self.seconds = name, None, [], [], 0.0
+        self.paper = paper if paper is not None else config.paper_params()
+        self.run_params: list[dict] = []
+        self.hardware: set[str] = set()
         self.missing: str | None = None     # why there are no runs (MissingArtifact's reason)
         try:
             runset = load_runset(runs_dir, name, params)
@@ -60,7 +64,10 @@ class Experiment:
             ev = read_json(eval_dir / name / f"seed{seed}.json")
             if ev is not None:
                 self.evals.append(ev)
-            self.seconds += RunDir(runset.folders[seed]).seconds() or 0.0
+            run = RunDir(runset.folders[seed])
+            self.seconds += run.seconds() or 0.0
+            self.run_params.append(run.params())
+            self.hardware.add(run.hardware())
 
     @property
     def ran(self) -> bool:
@@ -68,12 +75,30 @@ class Experiment:
 
     @property
     def paper_scale(self) -> bool:
-        return self.profile == "paper"
+        """Decided from the runs, not from the profile's name or the device: every seed the papers'
+        scale declares for this experiment ran, each with the params the `paper` profile resolves
+        for it (rundir.comparable, iterations included). A paper-scale CPU run gets a verdict."""
+        if self.name not in self.paper["experiments"] or not self.runs:
+            return False
+        want = config.experiment(self.paper, self.name)
+        seeds = set(config.seeds(self.paper, self.name))
+        return (seeds <= {r["seed"] for r in self.runs} and all(
+            comparable(p) == comparable(want) and p["train"]["iterations"] == want["train"]["iterations"]
+            for p in self.run_params))
 
     @property
     def scale(self) -> str:
         its = sorted({r["iterations"] for r in self.runs})
-        return f"profile {self.profile}: {len(self.runs)} seed(s) x {', '.join(map(str, its))} iterations"
+        return (f"profile {self.profile}: {len(self.runs)} seed(s) x {', '.join(map(str, its))} iterations"
+                f"{' (the papers’ scale)' if self.paper_scale else ''}; {', '.join(sorted(self.hardware))}")
+
+    def needs(self) -> str:
+        """What the papers' scale asks of this experiment, and the command that runs it."""
+        if self.name not in self.paper["experiments"]:
+            return f"{self.name}: not in params.yaml"
+        p = config.experiment(self.paper, self.name)
+        return (f"{self.name}: {len(config.seeds(self.paper, self.name))} seed(s) x {p['train']['iterations']} "
+                f"iterations (`snakemake --cores all --config profile=paper -- evaluations_{self.name}`)")
 
     def fully(self) -> int:
         return sum(bool(r["fully_specialized"]) for r in self.runs)
@@ -107,7 +132,8 @@ def _entry(exps: list[Experiment], numbers: dict, verdict: str, note: str) -> di
     ran = [e for e in exps if e.ran]
     if not ran:
         return {"numbers": {}, "verdict": "not run",
-                "note": f"experiment(s) {', '.join(e.name for e in exps)} not run in this profile"}
+                "note": f"experiment(s) {', '.join(e.name for e in exps)} not run in this profile; "
+                        f"needs {'; '.join(e.needs() for e in exps)}"}
     numbers = {"scale": "; ".join(f"{e.name}: {e.scale}" for e in ran), **numbers}
     if not all(e.paper_scale for e in ran) or len(ran) < len(exps):
         missing = [e.name for e in exps if not e.ran]
@@ -375,10 +401,11 @@ def follow_up(main: Experiment, expanded: Experiment, detach: Experiment) -> dic
 
 # ---------------------------------------------------------------- the file
 
-def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: Path, restoration: Path) -> dict:
+def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: Path, restoration: Path,
+              paper: dict | None = None) -> dict:
     from licm import fidelity   # imports this module
 
-    exps = {name: Experiment(name, runs_dir, eval_dir, params) for name in params["experiments"]}
+    exps = {name: Experiment(name, runs_dir, eval_dir, params, paper) for name in params["experiments"]}
     get = exps.__getitem__
     out = {
         "licm-c1": claim_c1(get("main")),
@@ -409,7 +436,8 @@ def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: 
 def _cmd_summarize(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     params = config.load(args.params, profile=args.profile)
-    result = summarize(params, Path(args.runs), Path(args.eval), Path(args.classifier), Path(args.omniglot))
+    result = summarize(params, Path(args.runs), Path(args.eval), Path(args.classifier), Path(args.omniglot),
+                       config.paper_params(args.params))
     data.atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     verdicts = [v["verdict"] for k, v in result.items() if not k.startswith("_") and k not in NOT_CLAIMS]
     tally = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}

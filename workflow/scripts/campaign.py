@@ -43,7 +43,11 @@ import time
 from pathlib import Path
 
 HOME = Path(os.environ.get("LICM_CAMPAIGN_HOME", Path.home() / ".cache" / "licm" / "campaign"))
-PROFILE = "paper_main"
+# The scale (tests run a tiny campaign at `smoke`).
+PROFILE = os.environ.get("LICM_CAMPAIGN_PROFILE", "paper_main")
+# An existing environment's bin folder (tests: the test session's venv) instead of the clone's own .venv
+# (`make install`); the clone's src/ comes first on PYTHONPATH either way, so its code is what runs.
+BIN = os.environ.get("LICM_CAMPAIGN_BIN")
 EXPERIMENT = "main"
 SNAKEMAKE = ["snakemake", "--workflow-profile", "workflow/profiles/default", "--cores", "2",
              "--config", f"profile={PROFILE}", "restart_if_changed=false"]
@@ -101,20 +105,30 @@ def ensure_clone(work: Path, commit: str) -> Path:
         sh(["git", "fetch", "--quiet", str(work), "HEAD"], repo)
     if git(repo, "rev-parse", "HEAD") != commit or git(repo, "status", "--porcelain", "--untracked-files=no"):
         sh(["git", "checkout", "--quiet", "--force", "--detach", commit], repo)
-    sh(["make", "-s", "install"], repo, stdout=subprocess.DEVNULL)
+    if not BIN:
+        sh(["make", "-s", "install"], repo, stdout=subprocess.DEVNULL)
     return repo
 
 
 def env(repo: Path) -> dict:
-    e = {**os.environ, "PATH": f"{repo / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    e = {**os.environ, "PATH": f"{BIN or repo / '.venv' / 'bin'}:{os.environ['PATH']}",
+         "PYTHONPATH": str(repo / "src")}
     e.pop("LICM_PROFILE", None)
     return e
 
 
-def snakemake(repo: Path, *args: str) -> int:
+def snakemake(repo: Path, *args: str, alive=None) -> int:
+    """Snakemake in the clone (its lock cleared first: only one driver runs); `alive()` is called every
+    minute while it runs (the attempt's last sign of life, for the wall time of a killed attempt)."""
     sh(["snakemake", "--unlock", "--config", f"profile={PROFILE}"], repo, check=False, env=env(repo),
        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return sh([*SNAKEMAKE, *args], repo, check=False, env=env(repo)).returncode
+    proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=repo, env=env(repo), text=True)
+    while True:
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            if alive:
+                alive()
 
 
 def equivalence_passes(state: State, repo: Path, commit: str) -> bool:
@@ -152,7 +166,11 @@ def train_seed(state: State, work: Path, k: int) -> bool:
     entry["attempts"].append(attempt)
     state.save()
     log(f"seed {k}: training at {commit[:10]} (attempt {len(entry['attempts'])})")
-    rc = snakemake(repo, "--", f"results/runs/{EXPERIMENT}/seed{k}/metrics.json")
+    def alive() -> None:
+        attempt["last_seen"] = now()
+        state.save()
+
+    rc = snakemake(repo, "--", f"results/runs/{EXPERIMENT}/seed{k}/metrics.json", alive=alive)
     attempt.update(end=now(), rc=rc, how="finished" if rc == 0 else f"failed (exit {rc})")
     if rc == 0:
         meta = json.loads((run_dir(repo, k) / "meta.json").read_text())
@@ -176,11 +194,25 @@ def publish_seed(state: State, work: Path, k: int) -> bool:
     if rc:
         log(f"seed {k}: publishing failed (exit {rc}); retried at the next start")
         return False
-    commit_paths(work, [dest], f"published: main seed {k} at the papers' scale on the CPU "
+    commit_paths(work, [dest, dest.parents[2] / "eval" / EXPERIMENT / f"seed{k}.json"],
+                 f"published: main seed {k} at the papers' scale on the CPU "
                                 f"({state.seed(k).get('commit', '?')[:10]})")
     state.seed(k)["published"] = now()
     state.save()
     return True
+
+
+def restore(state: State, work: Path, k: int) -> None:
+    """A published seed missing from the clone (a new machine, a deleted checkout): its published
+    folder and evaluation JSON go back into results/ for the report. It is never trained again."""
+    run, ev = run_dir(HOME / "repo", k), HOME / "repo" / "results" / "eval" / EXPERIMENT / f"seed{k}.json"
+    if run.joinpath("metrics.json").is_file() or not (HOME / "repo" / ".git").is_dir():
+        return
+    log(f"seed {k}: restored from {published(work, state, k)} (published; not trained again)")
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(published(work, state, k), run)
+    ev.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(published(work, state, k).parents[2] / "eval" / EXPERIMENT / f"seed{k}.json", ev)
 
 
 def allowed_rules(repo: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -207,15 +239,15 @@ def commit_paths(work: Path, paths: list[Path], message: str) -> None:
 # ---------------------------------------------------------------- the campaign
 
 def seeds(work: Path) -> list[int]:
-    import re
+    """The main experiment's seeds at the campaign's profile, as licm resolves them (from the clone, or
+    the work tree before there is one)."""
+    repo = HOME / "repo" if (HOME / "repo" / "params.yaml").is_file() else work
+    code = (f"from licm import config; p = config.load('params.yaml', profile={PROFILE!r}); "
+            f"print(*config.seeds(p, {EXPERIMENT!r}))")
+    return [int(s) for s in sh(["python", "-c", code], repo, capture_output=True, env=env(repo)).stdout.split()]
 
-    text = (work / "params.yaml").read_text()
-    block = text[text.index("\n  main:"):]
-    found = re.search(r"seeds: \[([0-9, ]+)\]", block)
-    return [int(s) for s in found.group(1).split(",")]
 
-
-def run(work: Path) -> int:
+def run(work: Path, no_report: bool = False) -> int:
     lock = open(HOME / "driver.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -223,8 +255,10 @@ def run(work: Path) -> int:
         log("another driver is running; this one stops")
         return 0
     (HOME / "driver.pid").write_text(str(os.getpid()))
-    born = (HOME / "driver.py").stat().st_mtime
+    installed = HOME / "driver.py"
+    born = installed.stat().st_mtime if installed.is_file() else None
     state = State(HOME)
+    init_state(state, work, retarget=False)
     for entry in state.data["seeds"].values():          # attempts a killed driver left open
         for a in entry["attempts"]:
             if "end" not in a:
@@ -234,30 +268,35 @@ def run(work: Path) -> int:
     for k in seeds(work):
         entry = state.seed(k)
         if published(work, state, k).joinpath("metrics.json").is_file():
+            restore(state, work, k)
             continue
         if not (entry.get("finished") or run_dir(HOME / "repo", k).joinpath("metrics.json").is_file()):
             if not train_seed(state, work, k):
                 return 1
         if not publish_seed(state, work, k):
             state.data["unpublished"] = sorted(set(state.data.get("unpublished", [])) | {k})
-        if (HOME / "driver.py").stat().st_mtime != born:
+        if born is not None and installed.stat().st_mtime != born:
             log("a newer driver was installed: it takes over")
             os.execv(sys.executable, [sys.executable, str(HOME / "driver.py"), "run", "--repo", str(work)])
     if any(not published(work, state, k).joinpath("metrics.json").is_file() for k in seeds(work)):
         log("every seed is trained, some are not published yet (see above): the report waits for them")
         return 1
+    if no_report:
+        return 0
     log("every seed is trained and published: the report")
     return report(state, work)
 
 
 def report(state: State, work: Path) -> int:
     repo = ensure_clone(work, state.data["target"])
-    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=TRAIN_RULES), "--", "report")
+    for k in seeds(work):
+        restore(state, work, k)
+    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, "evaluate")), "--", "report")
     if rc:
         log(f"the report failed (exit {rc})")
         return rc
     dest = work / state.data["publish_dir"]
-    rc = sh(["licm", "--profile", PROFILE, "publish", "--from", str(repo), "--campaign", str(state.path),
+    rc = sh(["licm", "--profile", PROFILE, "publish", str(repo), "--campaign", str(state.path),
              "--out", str(dest)], repo, check=False, env=env(repo)).returncode
     if rc == 0:
         commit_paths(work, [dest], "published: the CPU campaign's report, summary, figures and index")
@@ -280,17 +319,24 @@ def running() -> int | None:
     return pid if "driver.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") else None
 
 
+def init_state(state: State, work: Path, retarget: bool) -> str:
+    """The campaign's date-named publish folder and creation time (once), and its target commit: the
+    work tree's HEAD at every `start` (new seeds start there), at the first `run` otherwise."""
+    head = git(work, "rev-parse", "HEAD")
+    state.data.setdefault("publish_dir", f"published/paper-cpu-{dt.date.today().isoformat()}")
+    state.data.setdefault("created", now())
+    if retarget or "target" not in state.data:
+        state.data["target"] = head
+    state.save()
+    return state.data["target"]
+
+
 def start(work: Path) -> int:
     """Install this driver into HOME, set the target commit (the work tree's HEAD) and start the
     driver in the background, or let the running one pick up the new target between seeds."""
     HOME.mkdir(parents=True, exist_ok=True)
     state = State(HOME)
-    head = git(work, "rev-parse", "HEAD")
-    state.data.setdefault("publish_dir", f"published/paper-cpu-{dt.date.today().isoformat()}")
-    state.data.setdefault("created", now())
-    state.data["target"] = head
-    state.data["mirror"] = os.environ.get("LICM_DATA_MIRROR", "")
-    state.save()
+    head = init_state(state, work, retarget=True)
     if Path(__file__).resolve() != (HOME / "driver.py").resolve():
         shutil.copyfile(__file__, HOME / "driver.py.new")
         os.replace(HOME / "driver.py.new", HOME / "driver.py")
@@ -356,10 +402,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["start", "run", "status", "stop"])
     p.add_argument("--repo", default=".", help="the work tree (default: the current folder)")
+    p.add_argument("--no-report", action="store_true", help="run: train and publish the seeds, stop before the report")
     a = p.parse_args()
     work = Path(a.repo).resolve()
     HOME.mkdir(parents=True, exist_ok=True)
-    return {"start": lambda: start(work), "run": lambda: run(work), "status": lambda: status(work),
+    return {"start": lambda: start(work), "run": lambda: run(work, a.no_report), "status": lambda: status(work),
             "stop": stop}[a.command]()
 
 

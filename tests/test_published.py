@@ -1,0 +1,82 @@
+"""Every published result (published/*/) is checked against its own files, not trusted: each
+checkpoint loads on a CPU with `licm.load_run`, each seed's metrics.json equals what its evaluation
+files give (win matrix, top experts, specialization, recomputed here with numpy), and its evaluation
+JSON's win matrices and final classifier accuracy equal a recomputation from the published winners,
+outputs and classifier."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = sorted(p.parent for p in (REPO / "published").glob("*/runs/*/seed*/checkpoint.pt"))
+EVALUATED = [r for r in RUNS if (r / "evaluation" / "digits.npz").is_file()]
+
+
+def _id(run: Path) -> str:
+    return str(run.relative_to(REPO / "published"))
+
+
+def win_matrix(winners: np.ndarray, mechanisms: np.ndarray, n_mechanisms: int, n_experts: int) -> np.ndarray:
+    counts = np.zeros((n_mechanisms, n_experts))
+    for m, w in zip(mechanisms.tolist(), winners.tolist()):
+        counts[m, w] += 1
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def evaluations(run: Path) -> tuple[dict, list[tuple[int, dict]]]:
+    with np.load(run / "evaluation" / "digits.npz") as z:
+        digits = {k: z[k] for k in z.files}
+    files = []
+    for p in sorted((run / "evaluation").glob("it*.npz")):
+        with np.load(p) as z:
+            files.append((int(p.stem[2:]), {k: z[k] for k in z.files}))
+    return digits, files
+
+
+@pytest.mark.skipif(not RUNS, reason="nothing published yet (published/*/runs/*/seed*/checkpoint.pt)")
+@pytest.mark.parametrize("run", RUNS, ids=_id)
+def test_published_checkpoint_loads_on_cpu(run):
+    import licm
+
+    experts, disc, params = licm.load_run(run)
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        out, score = experts(x), disc(x)
+    assert out.shape == (4, params["model"]["experts"], 1, 32, 32) and torch.isfinite(out).all()
+    assert score.shape == (4,) and torch.isfinite(score).all()
+
+
+@pytest.mark.skipif(not EVALUATED, reason="no published seed with evaluation files")
+@pytest.mark.parametrize("run", EVALUATED, ids=_id)
+def test_published_metrics_agree_with_their_evaluation_files(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    digits, files = evaluations(run)
+    M, N = len(metrics["mechanisms"]), json.loads((run / "params.json").read_text())["model"]["experts"]
+    last_it, last = files[-1]
+    assert last_it == metrics["iterations"] and [it for it, _ in files] == metrics["eval_iterations"]
+    matrix = win_matrix(last["winner"], digits["mechanism"], M, N)
+    np.testing.assert_allclose(metrics["win_matrix"], matrix, rtol=0, atol=1e-12)
+    top = matrix.argmax(1)
+    assert metrics["top_expert"] == top.tolist()
+    assert metrics["fully_specialized"] == (len(set(top.tolist())) == M)
+    distinct = sum(1 for m in range(M) if matrix[m, top[m]] > 0.5 and (top == top[m]).sum() == 1)
+    assert metrics["distinct_winners"] == distinct
+
+    ev = json.loads((run.parents[2] / "eval" / run.parent.name / f"{run.name}.json").read_text())
+    by_it = {s["iteration"]: s for s in ev["steps"]}
+    for it, f in files:
+        if it in by_it:
+            np.testing.assert_allclose(by_it[it]["win_matrix"], win_matrix(f["winner"], digits["mechanism"], M, N),
+                                       rtol=0, atol=1e-6)
+    clf_path = run.parents[2] / "classifier" / "classifier.pt"
+    if clf_path.is_file() and "outputs" in last:
+        from licm import classifier
+
+        model = classifier.load_classifier(clf_path, "cpu")
+        ok = classifier.predict(model, last["outputs"].astype(np.float32) / 255.0) == digits["label"]
+        assert abs(float(ok.mean()) - ev["final"]["accuracy_experts"]) < 1e-12
