@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = ("test_slurm.py",        # ~600 s
                  "test_pipeline.py",     # ~530 s
                  "test_fidelity.py",     # ~190 s
+                 "test_campaign.py",     # ~170 s: four smoke campaigns
                  "test_remote.py",       # ~140 s
                  "test_standalone.py",   # ~110 s
                  "test_train.py",        # ~100 s

@@ -54,7 +54,7 @@ class Campaign:
         return subprocess.Popen([sys.executable, str(DRIVER), "run", "--repo", str(self.work), "--no-report"],
                                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def run(self, timeout: int = 600) -> None:
+    def run(self, timeout: int = 1500) -> None:
         proc = self.start()
         assert proc.wait(timeout=timeout) == 0, self.log.read_text()[-4000:]
 

@@ -247,7 +247,20 @@ def seeds(work: Path) -> list[int]:
     return [int(s) for s in sh(["python", "-c", code], repo, capture_output=True, env=env(repo)).stdout.split()]
 
 
+def lower_priority() -> None:
+    """nice 19 for the whole session. With the kernel's autogroup scheduling (the default on desktop and
+    many server kernels) `nice` counts only inside a session: a process started with setsid competes
+    with everything else as an equal, whatever its nice value (measured here: 45 % of the CPU at nice 19
+    against a dozen processes). The session's own nice value (/proc/self/autogroup) fixes that."""
+    try:
+        Path("/proc/self/autogroup").write_text("19")
+    except OSError:
+        pass            # no autogroup scheduling: the process's nice value already counts
+    os.nice(19 - os.nice(0))
+
+
 def run(work: Path, no_report: bool = False) -> int:
+    lower_priority()
     lock = open(HOME / "driver.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -404,6 +417,7 @@ def main() -> int:
     p.add_argument("--repo", default=".", help="the work tree (default: the current folder)")
     p.add_argument("--no-report", action="store_true", help="run: train and publish the seeds, stop before the report")
     a = p.parse_args()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)      # `make campaign-status | head` ends quietly
     work = Path(a.repo).resolve()
     HOME.mkdir(parents=True, exist_ok=True)
     return {"start": lambda: start(work), "run": lambda: run(work, a.no_report), "status": lambda: status(work),
