@@ -13,7 +13,6 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
