@@ -270,7 +270,7 @@ def test_code_change_agrees(repo, module, old, new, stale):
 
 def test_stage_added_to_the_table_appears_in_both_tools(repo):
     """One entry in the stage table (src/licm/stages.py) is a Snakemake rule, a job of the target
-    `report` and a DVC stage, with no other edit."""
+    `report` and a DVC stage, with no other edit (PYTHONPATH: the copy's package, not the checkout's)."""
     path = repo / "src/licm/stages.py"
     text, stat = path.read_text(), path.stat()
     entry = ('\nSTAGES = (*STAGES, Stage("echo_summary", {"echo_summary": "summarize --out results/echo.json"}, '
@@ -278,8 +278,8 @@ def test_stage_added_to_the_table_appears_in_both_tools(repo):
     head, sep, tail = text.partition("\n\ndef dvc_name(")
     try:
         path.write_text(head + entry + sep + tail)
-        assert "echo_summary" in {rule for rule, _ in ran_jobs(sh(f"{SMK} -n report", repo).stdout)}
-        sh("licm dvc-yaml --out dvc-echo.yaml", repo)
+        assert "echo_summary" in {rule for rule, _ in ran_jobs(sh(f"PYTHONPATH=src {SMK} -n report", repo).stdout)}
+        sh("PYTHONPATH=src licm dvc-yaml --out dvc-echo.yaml", repo)
         echo = yaml.safe_load((repo / "dvc-echo.yaml").read_text())["stages"]["echo_summary"]
         assert echo["cmd"].endswith("-- echo_summary") and "results/plan/stages/echo_summary.json" in echo["deps"]
         assert echo["outs"] == ["results/echo.json"] and "src/licm/summary.py" in echo["deps"]

@@ -23,7 +23,7 @@ LAYERS = (
     {"data", "state", "stages"},
     {"checkpoint", "classifier", "plot"},
     {"rundir"},
-    {"runs", "__init__", "train", "evaluate", "pipeline"},
+    {"runs", "__init__", "train", "evaluate", "pipeline", "records"},
     {"fidelity", "omniglot", "publish", "dvcyaml"},
     {"summary", "figures", "report"},
     {"cli"},

@@ -5,7 +5,7 @@ it). A new command: one entry here, and `register(subparsers)` in its module.
 """
 COMMANDS = {"data": "data", "train": "train", "figures": "figures", "classifier": "classifier",
             "evaluate": "evaluate", "omniglot": "omniglot", "summarize": "summary", "report": "report",
-            "plan": "pipeline", "collect": "pipeline", "dvc-yaml": "dvcyaml", "publish": "publish"}
+            "plan": "pipeline", "collect": "records", "dvc-yaml": "dvcyaml", "publish": "publish"}
 # Modules that own commands, in `licm --help` order; each defines register(subparsers).
 MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -23,7 +23,7 @@ from typing import Callable
 import matplotlib.ticker
 import numpy as np
 
-from licm import config, data, fidelity, paths, runs, stages, stats
+from licm import config, data, fidelity, paths, runs, stats
 from licm.plot import digit, frame, plt, save
 from licm.runs import MissingArtifact, RunSet, load_evaluation, load_runset, run_dir
 
@@ -64,12 +64,12 @@ def expand_fig2(params: dict, out_dir: Path) -> Path:
 
 
 DATA_FIGURES = {"expand-fig1": expand_fig1, "expand-fig2": expand_fig2}
-assert tuple(DATA_FIGURES) == stages.DATA_FIGURES
+assert tuple(DATA_FIGURES) == paths.DATA_FIGURES
 
 
 # ================================================================ figures of runs
 
-RUN_FIGURE_IDS = stages.RUN_FIGURES
+RUN_FIGURE_IDS = paths.RUN_FIGURES
 
 # What each figure shows, repeated on its placeholder when it cannot be drawn.
 DESCRIPTIONS = {

@@ -36,6 +36,13 @@ TEMPLATES = {
     "report": "report",
     "report_page": "report/index.html",
 }
+# The figures (results/figures/<ID>.png), by the stage that draws them: from the prepared data alone
+# (`licm figures data`), from runs (`licm figures runs`), from Omniglot (`licm omniglot`).
+DATA_FIGURES = ("expand-fig1", "expand-fig2")
+RUN_FIGURES = ("licm-fig1", "licm-fig2", "licm-fig3", "licm-fig4", "licm-fig5", "licm-fig6", "licm-fig9",
+               "licm-table1", "expand-fig3", "expand-fig4", "expand-fig5", "expand-fig6", "expand-fig7",
+               "expand-fig8", "expand-fig9", "fidelity")
+OMNIGLOT_FIGURES = ("licm-fig7", "licm-fig8")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -49,4 +56,4 @@ def result(kind: str, root: str | Path = RESULTS, folder: str | Path | None = No
     return f"{Path(root).as_posix()}/{rel}"
 
 
-__all__ = ["RESULTS", "TEMPLATES", "result"]
+__all__ = ["RESULTS", "TEMPLATES", "DATA_FIGURES", "RUN_FIGURES", "OMNIGLOT_FIGURES", "result"]

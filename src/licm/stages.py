@@ -17,17 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from licm import config
-from licm.paths import result
+from licm.paths import DATA_FIGURES, OMNIGLOT_FIGURES, RUN_FIGURES, result
 
 DOMAINS = ("paper", "expanded")
 # The experiment whose committee is shown on Omniglot (LICM §5.3: the main experiment).
 OMNIGLOT_EXPERIMENT = "main"
-# Figures drawn from the prepared data alone (`licm figures data`) and from runs (`licm figures runs`).
-DATA_FIGURES = ("expand-fig1", "expand-fig2")
-RUN_FIGURES = ("licm-fig1", "licm-fig2", "licm-fig3", "licm-fig4", "licm-fig5", "licm-fig6", "licm-fig9",
-               "licm-table1", "expand-fig3", "expand-fig4", "expand-fig5", "expand-fig6", "expand-fig7",
-               "expand-fig8", "expand-fig9", "fidelity")
-OMNIGLOT_FIGURES = ("licm-fig7", "licm-fig8")
 
 
 def figures(ids) -> tuple[str, ...]:
@@ -187,7 +181,7 @@ record of them (results/eval/<exp>/experiment.json, also for experiments not run
     Stage("figures_runs", {"figures_runs": f"figures runs --out {result('figures')}"},
           deps=("runs", "evals", "prepared_test"), outs=figures(RUN_FIGURES),
           doc="""\
-Figures of runs and evaluations: every ID of licm.stages.RUN_FIGURES (placeholders where
+Figures of runs and evaluations: every ID of licm.paths.RUN_FIGURES (placeholders where
 the profile did not run the experiment)."""),
     Stage("summarize", {"summarize": f"summarize --out {result('summary')}"},
           deps=("runs", "evals", "classifier_metrics", "restoration"), outs=(result("summary"),),
@@ -228,5 +222,5 @@ def outputs() -> list[str]:
 
 
 __all__ = ["Stage", "Artifact", "STAGES", "BY_NAME", "ARTIFACTS", "COMMAND", "RULE_STAGE", "RULE_COMMAND", "DOMAINS",
-           "DATA_FIGURES", "RUN_FIGURES", "OMNIGLOT_FIGURES", "OMNIGLOT_EXPERIMENT", "dvc_name", "generic",
+           "OMNIGLOT_EXPERIMENT", "dvc_name", "generic",
            "inputs", "outputs", "figures", "mnist", "mnist_test", "omniglot_archive", "prepared"]
