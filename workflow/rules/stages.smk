@@ -1,6 +1,8 @@
 # One rule per generic stage of the stage table (licm.stages.generic(): no wildcards): its inputs are
 # its artifacts' files and its code, its outputs, command, params and threads are the table's. A stage
-# added to the table appears here (and in dvc.yaml, `licm dvc-yaml`) with no other edit.
+# added to the table appears here (and in dvc.yaml, `licm dvc-yaml`) with no other edit. The command
+# comes in through params: a `shell:` that named the loop variable would be evaluated when the job
+# runs, with the loop's last stage.
 for _stage in licm_stages.generic():
 
     rule:
@@ -12,10 +14,11 @@ for _stage in licm_stages.generic():
             _stage.outs,
         params:
             fingerprint=stage_fingerprint_of(_stage),
+            licm=licm_stages.COMMAND[_stage.rule],
         log:
             f"logs/{_stage.rule}.log",
         threads: _stage.threads
         conda:
             LICM_ENV
         shell:
-            licm(_stage.rule)
+            "OMP_NUM_THREADS={threads} licm {params.licm} > {log} 2>&1"

@@ -29,6 +29,9 @@ from pathlib import Path
 TARGET_HAS = ("torch",)
 LEFT_OUT = ("pulp", "torchvision")
 ROOTS = ("snakemake",)
+# Installed first, whatever the target has: what installs licm (editable) with pip --no-build-isolation
+# (a fresh venv's own setuptools may predate bdist_wheel in setuptools).
+BUILD = ("setuptools",)
 
 
 def key(name: str) -> str:
@@ -58,7 +61,7 @@ def needed(have: set[str]) -> dict[str, str]:
 
     licm = [Requirement(r).name for r in md.requires("licm") or [] if "extra ==" not in r]
     skip = set(closure(TARGET_HAS)) | {key(n) for n in LEFT_OUT} | have
-    return closure([*ROOTS, *licm], frozenset(skip))
+    return {**closure([*ROOTS, *licm], frozenset(skip)), **{key(n): md.version(n) for n in BUILD}}
 
 
 def pip(*args: str) -> subprocess.CompletedProcess:
@@ -97,7 +100,8 @@ def download(args) -> None:
 def install(args) -> None:
     folder = Path(args.wheels)
     offline = ("--no-index", "--no-deps", "--find-links", str(folder))
-    for step in (["-r", str(folder / "requirements.txt")], ["--no-build-isolation", "-e", "."]):
+    build = [line for line in (folder / "requirements.txt").read_text().split() if key(line.split("==")[0]) in BUILD]
+    for step in (["--upgrade", *build], ["-r", str(folder / "requirements.txt")], ["--no-build-isolation", "-e", "."]):
         got = pip("install", "-q", *offline, *step)
         if got.returncode:
             sys.exit(f"wheels: pip install {' '.join(step)} failed:\n{got.stderr}")
