@@ -19,6 +19,7 @@ LONGEST_FIRST = ("test_slurm.py",        # ~600 s
                  "test_pipeline.py",     # ~530 s
                  "test_fidelity.py",     # ~190 s
                  "test_remote.py",       # ~140 s
+                 "test_offline.py",      # ~200 s (a pip download, a fresh venv, the smoke report)
                  "test_train.py",        # ~100 s
                  "test_interrupts.py")   # ~90 s
 
