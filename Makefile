@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export LICM_DATA_MIRROR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data),)
 CORES ?= all
 
-.PHONY: install test report lock clean-venv
+.PHONY: install test report lock clean-venv wheels
 
 $(BIN)/licm: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ install: $(BIN)/licm
 
 # Two workers, one test module each at a time (tests/conftest.py: longest first): most tests wait on
 # subprocesses (Snakemake, DVC, SLURM, sshd) and leave a core idle.
+# As root it first installs the Debian packages the tests start (.ci/debian-packages: the one list);
+# otherwise it says which tests skip and the command that enables them.
 TEST_WORKERS ?= 2
 test: install
+	.ci/debian-packages
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
@@ -45,6 +48,13 @@ lock: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# A machine without internet (README "Running on a GPU machine"): the wheels Snakemake and the licm jobs
+# need beyond torch, for the target's Python and platform (PY_VERSION=3.x, PLATFORM=pip platform tag).
+PY_VERSION ?= $(shell $(BIN)/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null)
+wheels: install
+	$(BIN)/python workflow/scripts/wheels.py download --out wheels --python-version $(PY_VERSION) \
+	  $(if $(PLATFORM),--platform $(PLATFORM),)
 
 # The CPU campaign (workflow/scripts/campaign.py): the main experiment's ten seeds at the papers' scale
 # in the background, from a clone outside the work tree; resumes wherever it was killed. Call

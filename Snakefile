@@ -1,6 +1,7 @@
 # licm workflow. params.yaml is the config file; licm validates it (schema in workflow/schemas/) and
 # every job calls the `licm` CLI (bookkeeping included: `licm plan`, `licm collect`); the Python of
-# workflow/rules/common.smk only computes job parameters, from licm.pipeline.
+# workflow/rules/common.smk only computes job parameters, from the stage table (licm.stages) and
+# licm.pipeline.
 #   snakemake --cores 8 report                 build everything (scale: `profile:` in params.yaml)
 #   snakemake --cores 8 report --config profile=smoke    another scale
 #   snakemake --cores 1 --touch --forceall report   once after `dvc pull` in a fresh clone (aligns
@@ -14,15 +15,16 @@ if DATA_RULES:
     include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
 
 
 localrules: report
 
 
-# The target of everything (`make report`; the default target, so `snakemake --cores 8` builds it too).
+# The target of everything (`make report`; the default target, so `snakemake --cores 8` builds it too):
+# every output of the stage table's generic stages, the HTML report among them.
 rule report:
     input:
-        rules.html_report.output,
+        licm_stages.outputs(),
         rules.plan_all.input,
     default_target: True

@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 # cluster, an SSH server, a smoke repository, are built once), so the long ones must not be last.
 LONGEST_FIRST = ("test_slurm.py",        # ~600 s
                  "test_pipeline.py",     # ~530 s
+                 "test_offline.py",      # ~200 s (a pip download, a fresh venv, the smoke report)
                  "test_fidelity.py",     # ~190 s
                  "test_campaign.py",     # ~170 s: four smoke campaigns
                  "test_remote.py",       # ~140 s
-                 "test_standalone.py",   # ~110 s
                  "test_train.py",        # ~100 s
                  "test_interrupts.py")   # ~90 s
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from licm import classifier as clf
-from licm import config, evaluate, summary, train
+from licm import config, evaluate, stats, summary, train
 from licm.config import LicmError
 
 
@@ -28,7 +28,7 @@ def tiny_run(prepared, tmp_path_factory) -> dict:
         "train": {"iterations": 4, "checkpoint_every": 2, "eval_every": 3, "eval_examples": 120, "implementation": "loop"},
         "classifier": {"epochs": 1, "max_train_examples": 600}})
     train.run(params, 0, root / "run", "cpu", progress=False)
-    clf.run(params, root / "classifier", log=lambda m: None)
+    clf.build(params, root / "classifier", log=lambda m: None)
     return {"params": params, "run": root / "run", "classifier": root / "classifier" / "classifier.pt"}
 
 
@@ -93,9 +93,9 @@ def test_evaluate_refuses_unfinished_run_and_changed_data(tiny_run, tmp_path):
 # ---------------------------------------------------------------- licm summarize rules
 
 def test_clopper_pearson_interval():
-    lo, hi = summary.binomial_interval(7, 10)        # textbook exact interval for 7/10
+    lo, hi = stats.binomial_interval(7, 10)        # textbook exact interval for 7/10
     assert (round(lo, 4), round(hi, 4)) == (0.3475, 0.9333)
-    assert summary.binomial_interval(0, 10)[0] == 0.0 and summary.binomial_interval(10, 10)[1] == 1.0
+    assert stats.binomial_interval(0, 10)[0] == 0.0 and stats.binomial_interval(10, 10)[1] == 1.0
 
 
 def _write_experiment(root: Path, name: str, profile: str, fully: list[bool], M: int = 10,
@@ -127,7 +127,7 @@ def test_c1_verdict_follows_the_interval(tmp_path, k, verdict):
     _write_experiment(tmp_path, "main", "paper", [True] * k + [False] * (10 - k))
     entry = _summarize(tmp_path)["licm-c1"]
     assert entry["verdict"] == verdict
-    lo, hi = summary.binomial_interval(k, 10)
+    lo, hi = stats.binomial_interval(k, 10)
     assert entry["numbers"]["fully specialized seeds"] == f"{k}/10 (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
     assert entry["numbers"]["other seeds with one expert on two mechanisms (and one on none)"] == f"{10 - k}/{10 - k}"
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy.stats import beta, fisher_exact
 
-from licm import config, fidelity, figures, report, summary
+from licm import config, fidelity, figures, report, runs, stats, summary
 from smoke_repo import REPO, SMK, build_smoke_repo, data_source, ran_jobs, set_params, sh, trained
 
 ARMS = ("fidelity_baseline", "fidelity_scores_after_d", "fidelity_d_fakes_then_real", "fidelity_per_example",
@@ -179,13 +179,13 @@ def test_nothing_significant_is_said_plainly(tmp_path):
 
 def test_reduced_scale_and_nothing_run(tmp_path):
     params = paper_params()
-    empty = {n: summary.Experiment(n, tmp_path / "runs", tmp_path / "eval", params) for n in ARMS}
+    empty = {n: runs.Experiment(n, tmp_path / "runs", tmp_path / "eval", params) for n in ARMS}
     block = fidelity.analyze(params, empty)
     assert block["verdict"] == "not run" and not any(r["ran"] for r in block["arms"])
     assert "No arm of the fidelity study has run yet" in block["sentences"][0]
     write_arm(tmp_path, "fidelity_baseline", counts(1, 2), profile="smoke")
     block = analyse(tmp_path)
-    assert block["verdict"] == summary.REDUCED
+    assert block["verdict"] == stats.REDUCED
     assert "prove nothing" in block["sentences"][0] and "(the papers' scale; this profile ran 2)" in " ".join(
         block["sentences"])
 
@@ -205,14 +205,14 @@ def test_power_against_simulation():
     for p0, p1 in ((0.3, 0.7), (0.3, 0.3), (0.7, 0.95)):
         k0, k1 = rng.binomial(n, p0, draws), rng.binomial(n, p1, draws)
         simulated = np.mean([rejects(a, b) for a, b in zip(k0, k1)])
-        exact = fidelity.fisher_power(n, n, p0, p1)
+        exact = stats.fisher_power(n, n, p0, p1)
         assert abs(simulated - exact) < 4 * np.sqrt(exact * (1 - exact) / draws) + 1e-3, (p0, p1, simulated, exact)
-    assert fidelity.fisher_power(n, n, 0.3, 0.3) <= 0.05                 # Fisher is conservative under the null
-    assert fidelity.fisher_p(7, 10, 3, 10) == pytest.approx(0.1789, abs=1e-4)   # issue 10: "p ≈ 0.18"
-    d = fidelity.detectable_difference(n, n, 0.3, +1)
-    assert fidelity.fisher_power(n, n, 0.3, 0.3 + d) >= 0.8 > fidelity.fisher_power(n, n, 0.3, 0.3 + d - 0.001)
-    assert fidelity.detectable_difference(n, n, 0.7, -1) == d           # the test is symmetric in the two rates
-    assert fidelity.detectable_difference(3, 3, 0.5, +1) is None        # 3 seeds per arm detect nothing
+    assert stats.fisher_power(n, n, 0.3, 0.3) <= 0.05                 # Fisher is conservative under the null
+    assert stats.fisher_p(7, 10, 3, 10) == pytest.approx(0.1789, abs=1e-4)   # issue 10: "p ≈ 0.18"
+    d = stats.detectable_difference(n, n, 0.3, +1)
+    assert stats.fisher_power(n, n, 0.3, 0.3 + d) >= 0.8 > stats.fisher_power(n, n, 0.3, 0.3 + d - 0.001)
+    assert stats.detectable_difference(n, n, 0.7, -1) == d           # the test is symmetric in the two rates
+    assert stats.detectable_difference(3, 3, 0.5, +1) is None        # 3 seeds per arm detect nothing
 
 
 def test_figure_and_report_section(tmp_path):
@@ -282,7 +282,7 @@ def test_smoke_chain(repo):
     assert trained(out.stdout + out.stderr) == {f"experiment={a}, seed={s}" for a in SMOKE_ARMS for s in (0, 1)}
 
     block = json.loads((repo / "results/summary.json").read_text())["fidelity"]
-    assert block["verdict"] == summary.REDUCED and block["profile"] == "smoke"
+    assert block["verdict"] == stats.REDUCED and block["profile"] == "smoke"
     rows = {r["arm"]: r for r in block["arms"]}
     for arm in ARMS:
         if arm not in SMOKE_ARMS:

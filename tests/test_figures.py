@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from licm import config, figures, models
+from licm import config, figures, models, runs
 from licm.rundir import RunDir
 from licm.train import run
 
@@ -151,11 +151,11 @@ def test_typical_seed_rule():
     def m(fully, distinct):
         return {"fully_specialized": fully, "distinct_winners": distinct, "mechanisms": ["x"] * 10}
 
-    assert figures.typical_seed({4: m(True, 10), 2: m(False, 9), 3: m(True, 10)})[0] == 3
-    seed, why = figures.typical_seed({0: m(False, 6), 5: m(False, 8), 2: m(False, 8)})
+    assert runs.typical_seed({4: m(True, 10), 2: m(False, 9), 3: m(True, 10)})[0] == 3
+    seed, why = runs.typical_seed({0: m(False, 6), 5: m(False, 8), 2: m(False, 8)})
     assert seed == 2 and "8/10" in why and "no seed fully specialized" in why
     with pytest.raises(ValueError):
-        figures.typical_seed({})
+        runs.typical_seed({})
 
 
 def test_accuracy_curves_on_common_iterations():
@@ -238,17 +238,17 @@ def test_every_run_figure_is_written(world, tmp_path):
 
 def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     only = ["expand-fig7", "expand-fig8", "licm-fig9", "licm-fig6", "licm-fig3"]
-    runs = tmp_path / "runs"
-    (runs / "main" / "seed0").mkdir(parents=True)
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "main" / "seed0").mkdir(parents=True)
     src = world["runs"] / "main" / "seed0"
     for f in ("metrics.json", "params.json", "history.csv", "checkpoint.pt"):     # a run without evaluations
-        (runs / "main" / "seed0" / f).write_bytes((src / f).read_bytes())
-    (runs / "main" / "experiment.json").write_text(json.dumps(
+        (runs_dir / "main" / "seed0" / f).write_bytes((src / f).read_bytes())
+    (runs_dir / "main" / "experiment.json").write_text(json.dumps(
         {"experiment": "main", "profile": "smoke", "selected": True, "seeds": [0], "runs": {}}))
-    (runs / "expanded").mkdir()
-    (runs / "expanded" / "experiment.json").write_text(json.dumps(
+    (runs_dir / "expanded").mkdir()
+    (runs_dir / "expanded" / "experiment.json").write_text(json.dumps(
         {"experiment": "expanded", "profile": "smoke", "selected": False, "seeds": [], "runs": {}}))
-    status = figures.draw_run_figures(world["params"], runs, tmp_path / "no-eval", tmp_path / "out", only)
+    status = figures.draw_run_figures(world["params"], runs_dir, tmp_path / "no-eval", tmp_path / "out", only)
     for fig_id in only:
         _is_png(tmp_path / "out" / f"{fig_id}.png")
     assert status["expand-fig8"].startswith("placeholder: expanded: not run at profile smoke")
@@ -256,14 +256,14 @@ def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     assert "experts_16" in status["licm-fig9"] and "experts_6" in status["licm-fig9"]
     assert "holds no evaluation" in status["licm-fig3"] and "no evaluation" in status["licm-fig6"]
     # The placeholder's text: figure, description, missing experiment, profile and the command to make it.
-    with pytest.raises(figures.MissingArtifact) as info:
-        figures.load_runset(runs, "expanded", world["params"])
+    with pytest.raises(runs.MissingArtifact) as info:
+        runs.load_runset(runs_dir, "expanded", world["params"])
     lines = "\n".join(figures.placeholder_lines("expand-fig8", [info.value], "smoke"))
     assert "expand-fig8" in lines and "experiment expanded" in lines and "profile smoke" in lines
     assert figures.DESCRIPTIONS["expand-fig8"] in lines
     assert "make report PROFILE=paper" in lines and "--experiment expanded" in lines
-    assert figures.profiles_running(world["params"], "expanded") == ["paper"]   # quick trains main only
-    assert figures.profiles_running(world["params"], "experts_6") == ["paper"]
+    assert runs.profiles_running(world["params"], "expanded") == ["paper"]   # quick trains main only
+    assert runs.profiles_running(world["params"], "experts_6") == ["paper"]
 
 
 def test_cli_runs_subcommand(world, tmp_path):

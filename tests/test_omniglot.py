@@ -189,7 +189,7 @@ def test_figures_from_a_run_folder(params, tmp_path):
     p7 = omniglot.licm_fig7(run, p, tmp_path / "fig" / "licm-fig7.png")
     p8 = omniglot.licm_fig8(run, p, tmp_path / "fig" / "licm-fig8.png")
     assert p7.stat().st_size > 1000 and p8.stat().st_size > 1000
-    result = omniglot.evaluate_run(run, p)
+    result = omniglot.restoration(run, p)
     assert len(result["table"]) == len(names) and len(result["combined"]["mse"]) == 4
 
 

@@ -246,23 +246,47 @@ def test_build_record_change_push_pull(repo, tmp_path):
     print(f"whole test: {time.time() - t0:.0f}s")
 
 
-def test_code_change_agrees(repo):
-    """Editing a package module makes both tools re-run the same stages: those whose `licm` command
-    imports it. After an edit of src/licm/figures.py, `snakemake -n report` plans jobs of exactly the
-    DVC stages `dvc status` finds stale, the summary among them (summary.py imports figures), no
-    training (runs after test_build_record_change_push_pull: everything up to date and committed)."""
-    path = repo / "src/licm/figures.py"
+@pytest.mark.parametrize("module, old, new, stale", [
+    ("figures.py", None, None, {"figures_runs"}),
+    ("summary.py", "no seed specializes fully", "not one seed specializes fully", {"summarize"})])
+def test_code_change_agrees(repo, module, old, new, stale):
+    """Editing a package module makes both tools re-run the same stages: DVC finds stale the stages
+    whose `licm` command imports it, Snakemake plans those and the report that follows them, no
+    training (runs after test_build_record_change_push_pull: everything up to date and committed).
+    A claim's sentence in summary.py re-runs only summarize and report: no figures, no Omniglot."""
+    path = repo / "src/licm" / module
     text, stat = path.read_text(), path.stat()
     try:
-        path.write_text(text + "\n# an edit\n")
+        assert old is None or old in text
+        path.write_text(text.replace(old, new) if old else text + "\n# an edit\n")
         planned = job_stages(sh(f"{SMK} -n report", repo).stdout)
-        stale = set(json.loads(sh("dvc status --json", repo).stdout))
-        assert "summarize" in planned and planned == stale, (sorted(planned), sorted(stale))
-        assert not [s for s in stale if s.startswith("train@")], stale
+        found = set(json.loads(sh("dvc status --json", repo).stdout))
+        assert found == stale and planned == stale | {"report"}, (sorted(planned), sorted(found))
     finally:
         path.write_text(text)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert json.loads(sh("dvc status --json", repo).stdout) == {}
+
+
+def test_stage_added_to_the_table_appears_in_both_tools(repo):
+    """One entry in the stage table (src/licm/stages.py) is a Snakemake rule, a job of the target
+    `report` and a DVC stage, with no other edit (PYTHONPATH: the copy's package, not the checkout's)."""
+    path = repo / "src/licm/stages.py"
+    text, stat = path.read_text(), path.stat()
+    entry = ('\nSTAGES = (*STAGES, Stage("echo_summary", {"echo_summary": "summarize --out results/echo.json"}, '
+             'deps=("runs", "evals", "classifier_metrics", "restoration"), outs=("results/echo.json",)))\n')
+    head, sep, tail = text.partition("\n\ndef dvc_name(")
+    try:
+        path.write_text(head + entry + sep + tail)
+        assert "echo_summary" in {rule for rule, _ in ran_jobs(sh(f"PYTHONPATH=src {SMK} -n report", repo).stdout)}
+        sh("PYTHONPATH=src licm dvc-yaml --out dvc-echo.yaml", repo)
+        echo = yaml.safe_load((repo / "dvc-echo.yaml").read_text())["stages"]["echo_summary"]
+        assert echo["cmd"].endswith("-- echo_summary") and "results/plan/stages/echo_summary.json" in echo["deps"]
+        assert echo["outs"] == ["results/echo.json"] and "src/licm/summary.py" in echo["deps"]
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        (repo / "dvc-echo.yaml").unlink(missing_ok=True)
 
 
 def test_params_mutations_agree(repo):
@@ -349,7 +373,7 @@ def test_killed_job_resumes(repo):
                     time.sleep(1)
                 time.sleep(3)
                 assert (run / "checkpoint.pt").is_file(), f"no checkpoint within 180 s:\n{log.read_text()[-4000:]}"
-                job = subprocess.run(["pgrep", "-f", "train --experiment single_net_32 --seed 0"],
+                job = subprocess.run(["pgrep", "-f", "train --experiment single_net_32 --seeds 0"],
                                      capture_output=True, text=True).stdout.split()
                 assert job, "the training job is not running"
                 for pid in job:

@@ -9,6 +9,12 @@ def load_run(run_dir):
     [B,N',1,H,W]; `discriminator(x)` maps [B,1,32,32] to [B] scores (probabilities in (0,1);
     raw critic values when the run used train.loss: wasserstein); `config` is the run's params.
     """
+    from licm import models
     from licm.rundir import RunDir
 
-    return RunDir(run_dir).load_models()
+    run = RunDir(run_dir)
+    params, ck = run.params(), run.load_checkpoint()
+    committee, discs = models.empty(params, 1, "loop")
+    committee.load_state_dict(ck["committee"])
+    discs.load_state_dict(ck["discriminator"])
+    return models.SeedExperts(committee).eval(), models.SeedDiscriminator(discs).eval(), params

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from licm import config, data
+from licm import config, data, paths
 
 
 class Classifier(nn.Module):
@@ -143,7 +143,7 @@ def mnist_padded(params: dict, train: bool) -> tuple[np.ndarray, np.ndarray]:
     return data.pad_and_scale(x, d["image_size"]), y
 
 
-def run(params: dict, out: str | Path, log=lambda msg: print(msg, flush=True)) -> dict:
+def build(params: dict, out: str | Path, log=lambda msg: print(msg, flush=True)) -> dict:
     """Train on the MNIST training set, evaluate on the test set, write classifier.pt + metrics.json."""
     c = params["classifier"]
     dev = config.device(params["device"])
@@ -180,7 +180,7 @@ def run(params: dict, out: str | Path, log=lambda msg: print(msg, flush=True)) -
 
 def _cmd_classifier(args) -> None:
     params = config.load(args.params, profile=args.profile)
-    metrics = run(params, args.out)
+    metrics = build(params, args.out)
     print(f"licm classifier: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_examples']} digits "
           f"({metrics['train_examples']} training digits, {metrics['epochs']} epochs, {metrics['train_seconds']:.0f}s "
           f"on {metrics['device']}) -> {Path(args.out) / 'classifier.pt'}")
@@ -188,5 +188,5 @@ def _cmd_classifier(args) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("classifier", help="train the pretrained MNIST classifier of LICM Fig. 6")
-    p.add_argument("--out", default="results/classifier", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=paths.result("classifier"), help="output folder (default: %(default)s)")
     p.set_defaults(func=_cmd_classifier)

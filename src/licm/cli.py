@@ -11,18 +11,10 @@ import os
 import sys
 
 from licm import interrupts
+from licm.commands import COMMANDS, MODULES
 from licm.config import LicmError
 
 
-# The module of each command, so a call imports only its own module (torch takes ~2 s to import;
-# the pipeline runs dozens of bookkeeping jobs that never touch it). `licm --help` imports all.
-# A new command: one entry here, and `register(subparsers)` in its module.
-COMMANDS = {"data": "data", "train": "train", "figures": "figures", "classifier": "classifier",
-            "evaluate": "evaluate", "omniglot": "omniglot", "summarize": "summary", "report": "report",
-            "plan": "pipeline", "collect": "pipeline", "dvc-yaml": "stages", "standalone": "standalone",
-            "publish": "publish", "publish-seed": "publish"}
-# Modules that own commands, in `licm --help` order; each defines register(subparsers).
-STAGE_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 # Set by the Snakefile for its jobs (workflow/rules/common.smk): the profile Snakemake resolved.
 PROFILE_ENV = "LICM_PROFILE"
 
@@ -37,8 +29,8 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
         elif a in ("--params", "--profile"):
             skip = True
         elif not a.startswith("-"):
-            return (COMMANDS[a],) if a in COMMANDS else STAGE_MODULES
-    return STAGE_MODULES
+            return (COMMANDS[a],) if a in COMMANDS else MODULES
+    return MODULES
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -199,7 +198,7 @@ def params_hash(params: dict) -> str:
 
 
 def now() -> str:
-    """UTC time to the second, ISO 8601: the timestamps of meta.json, standalone.json and index.json."""
+    """UTC time to the second, ISO 8601: the timestamps of meta.json, campaign.json and index.json."""
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import time
 import zipfile
@@ -174,13 +175,22 @@ def fetch(params: dict) -> Path:
 
 # ---------------------------------------------------------------- reading
 
-def read_mnist(raw: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N,28,28], labels int64 [N]) through torchvision's reader of the raw files."""
-    from torchvision.datasets import MNIST
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format): 0, 0, type 0x08, the number of dimensions, each
+    dimension as a big-endian uint32, then the data."""
+    raw = path.read_bytes()
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
-    verify_mnist(raw / "MNIST" / "raw", "run `licm data fetch` (delete data/raw first if it is corrupt)")
-    ds = MNIST(root=str(raw), train=train, download=False)
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+
+def read_mnist(raw: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N,28,28], labels int64 [N]) from the raw files (checked against their sha256)."""
+    folder = raw / "MNIST" / "raw"
+    verify_mnist(folder, "run `licm data fetch` (delete data/raw first if it is corrupt)")
+    prefix = "train" if train else "t10k"
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte").astype(np.int64)
+    return read_idx(folder / f"{prefix}-images-idx3-ubyte"), labels
 
 
 def pad_and_scale(images: np.ndarray, size: int) -> np.ndarray:

@@ -15,37 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from licm import config, data
+from licm import config, data, paths
 from licm.config import LicmError
 from licm.specialization import matrix_from_winners, specialization
-
-
-@torch.no_grad()
-def winners_and_outputs(experts, discriminator, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Each digit's winning expert and that expert's output: (winner int64 [n], output float32 [n,H,W]).
-
-    experts, discriminator: one run's networks (licm.load_run). images: [n,H,W] or [n,1,H,W] in [0,1].
-    The winner comes from licm.step.compete with BatchNorm's running statistics (eval mode), so a
-    digit's winner does not depend on the other digits of its batch; no random numbers are drawn.
-    """
-    from licm.step import compete
-
-    committee, discs = experts.committee, discriminator.discs
-    param = next(committee.parameters())
-    images = torch.as_tensor(np.asarray(images), dtype=param.dtype)
-    if images.dim() == 4:
-        images = images[:, 0]
-    winners, outputs = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(param.device).unsqueeze(1)      # [b, 1 seed, H, W]
-        out, _, win = compete(committee, discs, x, "running")
-        winners.append(win[:, 0].cpu())
-        outputs.append(out[torch.arange(len(x)), 0, win[:, 0]].float().cpu())
-    if not winners:
-        return np.zeros(0, np.int64), np.zeros((0, *images.shape[1:]), np.float32)
-    return torch.cat(winners).numpy().astype(np.int64), torch.cat(outputs).numpy()
 
 
 # ---------------------------------------------------------------- licm evaluate
@@ -122,6 +95,6 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="numbers over iterations of one finished run (win matrices, classifier accuracy)",
                        description="Read a run's evaluations and score the winners' outputs with the MNIST classifier.")
     p.add_argument("--run", required=True, help="run folder, e.g. results/runs/main/seed0")
-    p.add_argument("--classifier", default="results/classifier/classifier.pt", help="default: %(default)s")
+    p.add_argument("--classifier", default=paths.result("classifier_model"), help="default: %(default)s")
     p.add_argument("--out", required=True, help="JSON to write, e.g. results/eval/main/seed0.json")
     p.set_defaults(func=_cmd_evaluate)

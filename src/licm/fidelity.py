@@ -6,41 +6,37 @@ ten seeds cannot tell the two apart. The experiments `fidelity_*` of params.yaml
 `fidelity_repeat`, the baseline again, for a GPU's run-to-run noise) answer it with statistics:
 
 * per arm: fully specialized seeds k/n with a 95% Clopper-Pearson interval
-  (`summary.binomial_interval`), mechanisms won by distinct experts (mean, sd) and the classifier's
+  (`stats.binomial_interval`), mechanisms won by distinct experts (mean, sd) and the classifier's
   final accuracy on the winners' outputs (results/eval/<arm>/seed<K>.json);
-* each arm against the baseline: two-sided Fisher exact test (scipy), Holm's correction over the
+* each arm against the baseline: two-sided Fisher exact test (licm.stats), Holm's correction over the
   arms compared (the repeat included: it measures the noise);
 * the smallest difference the configured seeds per arm detect with 80% power (two-sided Fisher at
   alpha 0.05, power computed exactly by enumerating both binomials), from planning rates and from
   the baseline's observed rate.
 
 `licm summarize` writes the result as the `fidelity` block of results/summary.json (`analyze`),
-`licm figures runs` draws figure `fidelity` (`figure`), and `licm report` shows the section
+`licm figures runs` draws figure `fidelity` (figures.fig_fidelity), and `licm report` shows the section
 "What decides specialization" (`report_rows` and the block's sentences). Runs are read through
-`summary.Experiment` (that is, `figures.load_runset`), like every other consumer of runs.
+`runs.Experiment` (that is, `runs.load_runset`), like every other consumer of runs.
 """
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from licm import config
-from licm.summary import REDUCED, Experiment, binomial_interval
+from licm.runs import Experiment
+from licm.stats import (ALPHA, GRID_STEP, POWER, REDUCED, binomial_interval, detectable_difference, fisher_p,
+                        holm, pct, sd)
 
 PREFIX = "fidelity_"
 BASELINE = "fidelity_baseline"
 REPEAT = "fidelity_repeat"
-ALPHA = 0.05
-POWER = 0.8
 # Rates the detectable differences are computed from (besides the baseline's observed rate), and why.
 PLANNING_RATES = {0.3: "the literal step's rate measured on an H100, 3 of 10 seeds",
                   0.7: "LICM's reported rate, 7 of 10 seeds"}
 PAPER_RATE = 0.7
-# Resolution of the search for the smallest detectable difference (in proportion units).
-GRID_STEP = 0.001
 # Resolved params that say nothing about the step (left out of "what differs from the baseline").
 NOT_THE_STEP = ("experiments", "profiles", "profile")
 
@@ -86,63 +82,6 @@ def change_text(change: dict, name: str) -> str:
                      for k, v in change.items())
 
 
-# ---------------------------------------------------------------- statistics
-
-def fisher_p(k1: int, n1: int, k0: int, n0: int) -> float:
-    """Two-sided Fisher exact p-value for k1/n1 against k0/n0 (scipy)."""
-    from scipy.stats import fisher_exact
-
-    return float(fisher_exact([[k1, n1 - k1], [k0, n0 - k0]], alternative="two-sided").pvalue)
-
-
-def holm(pvalues: dict[str, float]) -> dict[str, float]:
-    """Holm's step-down adjustment: the i-th smallest p times (m - i + 1), made monotone, capped at 1."""
-    order = sorted(pvalues, key=pvalues.get)
-    m, running, out = len(order), 0.0, {}
-    for i, name in enumerate(order):
-        running = max(running, min(1.0, (m - i) * pvalues[name]))
-        out[name] = running
-    return out
-
-
-@lru_cache(maxsize=16)
-def p_values(n0: int, n1: int) -> np.ndarray:
-    """[n0+1, n1+1]: the two-sided Fisher p-value of every table (k0 of n0, k1 of n1); cached per (n0, n1),
-    since the power table asks for them at two alphas."""
-    return np.array([[fisher_p(k1, n1, k0, n0) for k1 in range(n1 + 1)] for k0 in range(n0 + 1)])
-
-
-def fisher_power(n0: int, n1: int, p0: float, p1, alpha: float = ALPHA):
-    """Exact power of the two-sided Fisher test, k0 ~ Bin(n0, p0) against k1 ~ Bin(n1, p1): the probability
-    of the rejection region, enumerating every table. p1 may be an array (one power per entry)."""
-    from scipy.stats import binom
-
-    region = (p_values(n0, n1) <= alpha).astype(np.float64)   # the tables the test rejects
-    pmf0 = binom.pmf(np.arange(n0 + 1), n0, p0)
-    scalar = np.ndim(p1) == 0
-    p1 = np.atleast_1d(np.asarray(p1, dtype=np.float64))
-    pmf1 = binom.pmf(np.arange(n1 + 1)[None, :], n1, p1[:, None])         # [len(p1), n1+1]
-    power = pmf1 @ (region.T @ pmf0)
-    return float(power[0]) if scalar else power
-
-
-def detectable_difference(n0: int, n1: int, p0: float, direction: int, alpha: float = ALPHA,
-                          power: float = POWER) -> float | None:
-    """The smallest |p1 - p0| (on a GRID_STEP grid, going up for direction +1, down for -1) at which the
-    test reaches `power`; None when no rate in [0, 1] in that direction does."""
-    steps = np.arange(1, int(round(1 / GRID_STEP)) + 1) * GRID_STEP
-    p1 = p0 + direction * steps
-    p1 = p1[(p1 >= 0) & (p1 <= 1 + 1e-12)].clip(0, 1)
-    if not len(p1):
-        return None
-    reached = np.flatnonzero(fisher_power(n0, n1, p0, p1, alpha) >= power)
-    return round(float(abs(p1[reached[0]] - p0)), 6) if len(reached) else None
-
-
-def _sd(values: list[float]) -> float | None:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-
 # ---------------------------------------------------------------- the analysis
 
 def arm_numbers(exp: Experiment, params: dict) -> dict:
@@ -160,8 +99,8 @@ def arm_numbers(exp: Experiment, params: dict) -> dict:
     return {**row, "profile": exp.profile, "paper_scale": exp.paper_scale, "scale": exp.scale,
             "iterations": sorted({r["iterations"] for r in exp.runs}),
             "n": n, "fully": k, "rate": k / n, "ci": [lo, hi], "mechanisms": exp.mechanisms(),
-            "distinct_mean": float(np.mean(distinct)), "distinct_sd": _sd(distinct),
-            "accuracy_n": len(acc), "accuracy_mean": float(np.mean(acc)) if acc else None, "accuracy_sd": _sd(acc)}
+            "distinct_mean": float(np.mean(distinct)), "distinct_sd": sd(distinct),
+            "accuracy_n": len(acc), "accuracy_mean": float(np.mean(acc)) if acc else None, "accuracy_sd": sd(acc)}
 
 
 def compare(rows: list[dict]) -> None:
@@ -236,15 +175,12 @@ def analyze(params: dict, exps: dict[str, Experiment]) -> dict:
 
 # ---------------------------------------------------------------- words
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
 
 def _p(x: float) -> str:
     return f"{x:.2g}" if x >= 0.001 else "< 0.001"
 
 
-def _p_is(x: float) -> str:
+def p_is(x: float) -> str:
     """'= 0.018' or '< 0.001', to follow 'p '."""
     return ("= " + _p(x)) if x >= 0.001 else _p(x)
 
@@ -275,19 +211,19 @@ def sentences(block: dict) -> list[str]:
     else:
         lo, hi = base["ci"]
         out.append(f"The literal step ({BASELINE}) specialized fully in {base['fully']} of {base['n']} seeds "
-                   f"(95% CI {_pct(lo)}-{_pct(hi)}); LICM reports 7 of 10.")
+                   f"(95% CI {pct(lo, 0)}-{pct(hi, 0)}); LICM reports 7 of 10.")
         tested = [r for r in rows[1:] if "p_holm" in r]
         significant = [r for r in tested if r["significant"]]
         for r in significant:
             out.append(f"{r['arm']} ({r['change']}) differs from the literal step: {r['fully']}/{r['n']} against "
                        f"{base['fully']}/{base['n']} ({100 * r['difference']:+.0f} points; two-sided Fisher "
-                       f"p {_p_is(r['p_value'])}, Holm-adjusted p {_p_is(r['p_holm'])}).")
+                       f"p {p_is(r['p_value'])}, Holm-adjusted p {p_is(r['p_holm'])}).")
         if not tested:
             out.append("No other arm has run, so nothing was compared.")
         elif not significant:
             best = min(tested, key=lambda r: r["p_holm"])
             out.append(f"No arm differs significantly from the literal step after Holm's correction over "
-                       f"{len(tested)} comparison(s) (smallest adjusted p {_p_is(best['p_holm'])}, {best['arm']}).")
+                       f"{len(tested)} comparison(s) (smallest adjusted p {p_is(best['p_holm'])}, {best['arm']}).")
         if any(r["arm"] == REPEAT and r["significant"] for r in significant):
             out.append(f"{REPEAT} repeats the baseline and still differs from it: the run-to-run noise is larger than "
                        "the test assumes, so distrust the other comparisons.")
@@ -295,7 +231,7 @@ def sentences(block: dict) -> list[str]:
     ran_n = max(r["n"] for r in ran)
     configured = "" if ran_n == power["seeds_arm"] else f" (the papers' scale; this profile ran {ran_n})"
     out.append(f"With {power['seeds_arm']} seeds per arm{configured}, a two-sided Fisher test at alpha {power['alpha']} detects "
-               f"with {_pct(power['power'])} power a change from a rate of {rate['baseline_rate']:.2f} "
+               f"with {pct(power['power'], 0)} power a change from a rate of {rate['baseline_rate']:.2f} "
                f"({rate['why']}) only of at least {_points(rate['detectable_up'])} upwards or {_points(rate['detectable_down'])} "
                "downwards; a smaller effect can go unseen, so an arm that is not significant does not show that "
                "its detail is irrelevant.")
@@ -324,7 +260,7 @@ def report_rows(block: dict) -> list[dict]:
                          "difference": "", "p": "", "p_holm": "", "significant": False})
             continue
         lo, hi = r["ci"]
-        rows.append({**row, "fully": f"{r['fully']}/{r['n']} ({_pct(lo)}-{_pct(hi)})",
+        rows.append({**row, "fully": f"{r['fully']}/{r['n']} ({pct(lo, 0)}-{pct(hi, 0)})",
                      "distinct": _pm(r["distinct_mean"], r["distinct_sd"], "{:.2f}") + f" / {r['mechanisms']}",
                      "accuracy": _pm(None if r["accuracy_mean"] is None else 100 * r["accuracy_mean"],
                                      None if r["accuracy_sd"] is None else 100 * r["accuracy_sd"], "{:.1f}%"),
@@ -345,54 +281,3 @@ def power_rows(block: dict) -> list[dict]:
              "at_alpha": f"{pts(e['detectable_up'], '+')} / {pts(e['detectable_down'], '-')}",
              "at_holm": f"{pts(e['detectable_up_holm_first'], '+')} / {pts(e['detectable_down_holm_first'], '-')}"}
             for e in power["rates"]]
-
-
-# ---------------------------------------------------------------- the figure
-
-def draw(block: dict, out: Path, dpi: int) -> Path:
-    """Proportion of fully specialized seeds per arm with its 95% Clopper-Pearson interval; the baseline's rate
-    as a dashed line in its interval's band, LICM's 7/10 dotted; arms not run at this profile say so."""
-    import matplotlib.pyplot as plt
-
-    from licm.figures import save
-
-    rows = block["arms"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 1.5), 5.0), layout="constrained")
-    base = rows[0] if rows and rows[0]["ran"] else None
-    if base:
-        ax.axhspan(*base["ci"], color="#1f77b4", alpha=0.10, lw=0, label="baseline's 95% interval")
-        ax.axhline(base["rate"], color="#1f77b4", ls="--", lw=1.2, label=f"baseline {base['fully']}/{base['n']}")
-    ax.axhline(PAPER_RATE, color="#555555", ls=":", lw=1.2, label="LICM reports 7/10")
-    for x, r in enumerate(rows):
-        if not r["ran"]:
-            ax.text(x, 0.5, f"not run at\nprofile {block['profile']}", ha="center", va="center", fontsize=8,
-                    color="#777777", rotation=90)
-            continue
-        lo, hi = r["ci"]
-        color = "#1f77b4" if x == 0 else ("#d62728" if r.get("significant") else "#333333")
-        ax.errorbar([x], [r["rate"]], yerr=[[r["rate"] - lo], [hi - r["rate"]]], fmt="o", color=color, capsize=4,
-                    ms=6)
-        label = f"{r['fully']}/{r['n']}"
-        if "p_holm" in r:
-            label += f"\np(Holm) {_p_is(r['p_holm'])}" + (" *" if r["significant"] else "")
-        ax.annotate(label, (x, hi), textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r["arm"].removeprefix(PREFIX) + "\n" + r["change"].replace(", ", "\n").replace("=", "=\n")
-                        for r in rows], fontsize=7)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylim(-0.03, 1.22)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("fully specialized seeds (proportion, 95% CI)")
-    ax.set_xlabel("arm: what differs from the literal step")
-    ax.legend(loc="upper right", fontsize=7, ncol=3, frameon=False)
-    scale = {"answered": "papers' scale", "not run": "no arm run"}.get(block["verdict"],
-                                                                     "REDUCED SCALE: a pipeline check, proves nothing")
-    ax.set_title(f"What decides specialization: each unstated detail against the literal step\n(profile "
-                 f"{block['profile']}, {scale}; two-sided Fisher test, Holm-adjusted p, * = p < {ALPHA})", fontsize=9)
-    return save(fig, out, dpi)
-
-
-def figure(ctx) -> Path:
-    """Figure `fidelity` of `licm figures runs` (ctx: figures.Context): always drawn, arms not run say so."""
-    exps = {n: Experiment(n, ctx.runs_dir, ctx.eval_dir, ctx.params) for n in arms(ctx.params)}
-    return draw(analyze(ctx.params, exps), ctx.out("fidelity"), ctx.dpi)

@@ -1,4 +1,4 @@
-"""One function per figure ID of shared/FIGURES.md: artifacts in, PNG out (no training here).
+"""One function per figure ID (the report lists them, src/licm/report.py): artifacts in, PNG out (no training here).
 
 Each figure is saved as results/figures/<ID>.png so the report can link it by its ID.
 
@@ -13,7 +13,6 @@ Two groups, two subcommands:
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,23 +20,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-
-from licm import config, data, fidelity  # noqa: E402
-
-
-def save(fig: plt.Figure, path: Path, dpi: int) -> Path:
-    """Render to memory, then write atomically; PNG metadata is fixed so bytes are stable."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    data.atomic_write_bytes(path, buf.getvalue())
-    return path
+from licm import config, data, fidelity, paths, runs, stats
+from licm.plot import digit, frame, plt, save
+from licm.runs import MissingArtifact, RunSet, load_evaluation, load_runset, run_dir
 
 
 def one_per_mechanism(split: dict[str, np.ndarray], n_mechanisms: int, seed: int) -> list[int]:
@@ -76,15 +64,14 @@ def expand_fig2(params: dict, out_dir: Path) -> Path:
 
 
 DATA_FIGURES = {"expand-fig1": expand_fig1, "expand-fig2": expand_fig2}
+assert tuple(DATA_FIGURES) == paths.DATA_FIGURES
 
 
 # ================================================================ figures of runs
 
-RUN_FIGURE_IDS = ("licm-fig1", "licm-fig2", "licm-fig3", "licm-fig4", "licm-fig5", "licm-fig6", "licm-fig9",
-                  "licm-table1", "expand-fig3", "expand-fig4", "expand-fig5", "expand-fig6", "expand-fig7",
-                  "expand-fig8", "expand-fig9", "fidelity")
+RUN_FIGURE_IDS = paths.RUN_FIGURES
 
-# What each figure shows (shared/FIGURES.md), repeated on its placeholder when it cannot be drawn.
+# What each figure shows, repeated on its placeholder when it cannot be drawn.
 DESCRIPTIONS = {
     "licm-fig1": "Problem set-up from real data: canonical digits (P), one example per mechanism (Q_i), "
                  "and the expert that inverts it.",
@@ -143,112 +130,6 @@ def pretty(name: str, wrap: bool = False) -> str:
         return f"rotate {name[len('rotate_'):]}°"
     text = name.replace("_", " ")
     return text.replace(" ", "\n", 1) if wrap and len(text) > 10 else text
-
-
-# ---------------------------------------------------------------- artifacts
-
-class MissingArtifact(Exception):
-    """An artifact a figure needs does not exist (experiment not selected, not run, or not evaluated).
-
-    The figure is then drawn as a placeholder that names `experiment`, says why (`reason`) and which
-    command makes it (`fix`)."""
-
-    def __init__(self, experiment: str, reason: str, fix: str):
-        super().__init__(f"{experiment}: {reason}")
-        self.experiment, self.reason, self.fix = experiment, reason, fix
-
-
-def profiles_running(params: dict, name: str) -> list[str]:
-    """Profiles whose pipeline trains experiment `name` (its `only_experiments` lists it or is unset)."""
-    found = []
-    for profile in config.PROFILES:
-        only = params.get("profiles", {}).get(profile, {}).get("only_experiments")
-        if only is None or name in only:
-            found.append(profile)
-    return found
-
-
-def pipeline_fix(params: dict, name: str) -> str:
-    """The command that would produce experiment `name`'s runs, for a placeholder's last lines."""
-    profiles = profiles_running(params, name)
-    if not profiles:
-        return f"no profile of params.yaml trains {name}; add it to a profile's only_experiments"
-    p = "paper" if "paper" in profiles else profiles[0]
-    return (f"run a profile that trains {name} ({', '.join(profiles)}): `make report PROFILE={p}` "
-            f"or `licm --profile {p} train --experiment {name} --seed 0`")
-
-
-def typical_seed(metrics: dict[int, dict]) -> tuple[int, str]:
-    """The seed shown for an experiment, and why: the first fully specialized seed, else the seed with the
-    most mechanisms won by distinct experts (lowest seed on ties). LICM shows "a typical successful" run and
-    EXPAND the best of its 10: we take the best and say so, instead of hiding the choice."""
-    if not metrics:
-        raise ValueError("typical_seed: no finished run")
-    fully = sorted(s for s, m in metrics.items() if m["fully_specialized"])
-    if fully:
-        return fully[0], f"first fully specialized seed ({len(fully)}/{len(metrics)} are)"
-    seed = max(sorted(metrics), key=lambda s: metrics[s]["distinct_winners"])
-    m = metrics[seed]
-    return seed, (f"no seed fully specialized; most mechanisms won by distinct experts: "
-                  f"{m['distinct_winners']}/{len(m['mechanisms'])}")
-
-
-@dataclass
-class RunSet:
-    """An experiment's finished runs at this profile: seed -> run folder and its metrics.json."""
-
-    name: str
-    profile: str
-    folders: dict[int, Path]
-    metrics: dict[int, dict]
-
-    def shown(self) -> tuple[int, Path, str]:
-        """The typical seed (see `typical_seed`), its folder, and a caption line saying which and why."""
-        seed, why = typical_seed(self.metrics)
-        m = self.metrics[seed]
-        return seed, self.folders[seed], (f"{self.name} seed {seed} of {len(self.metrics)} ({why}); "
-                                          f"profile {self.profile}, {m['iterations']} iterations")
-
-
-def load_runset(runs_dir: Path, name: str, params: dict) -> RunSet:
-    """The experiment's finished runs (licm.rundir: its record's seeds with metrics.json), or MissingArtifact."""
-    from licm import rundir
-
-    fix = pipeline_fix(params, name)
-    record = rundir.experiment_record(runs_dir, name)
-    if record is None:
-        raise MissingArtifact(name, f"{rundir.record_path(runs_dir, name)} does not exist (experiment not collected)",
-                              fix)
-    profile = record.get("profile", params["profile"])
-    if not record.get("selected"):
-        raise MissingArtifact(name, f"not run at profile {profile} (its record says selected: false)", fix)
-    runs = rundir.experiment_runs(runs_dir, name)
-    metrics = {s: run.metrics() for s, run in runs.items()}
-    folders = {s: runs[s].path for s, m in metrics.items() if m is not None}
-    if not folders:
-        raise MissingArtifact(name, f"no finished run in {Path(runs_dir) / name} (no seed has metrics.json)", fix)
-    return RunSet(name, profile, folders, {s: metrics[s] for s in folders})
-
-
-def run_dir(folder: Path, experiment: str, needs: str):
-    """The run folder (licm.rundir.RunDir) of a finished run, checked to hold `needs`
-    (params, history, checkpoint or evaluation); a missing artifact -> MissingArtifact."""
-    from licm.rundir import RunDir
-
-    run = RunDir(folder)
-    have = {"params": lambda: (run.path / "params.json").is_file(), "history": lambda: (run.path / "history.csv").is_file(),
-            "checkpoint": run.has_checkpoint, "evaluation": lambda: bool(run.evaluation_iterations())}[needs]
-    if not have():
-        raise MissingArtifact(experiment, f"{run.path} holds no {needs}",
-                              f"re-run `licm train --experiment {experiment} --seed {folder.name[4:]}` "
-                              f"(delete {folder} first)")
-    return run
-
-
-def load_evaluation(folder: Path, experiment: str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """A run's evaluations as arrays (iterations, mechanism, label, test_index, winner, outputs), or only
-    `keys` of them: at the paper's scale `outputs` is tens of MB that the win matrices do not need."""
-    return run_dir(folder, experiment, "evaluation").evaluation(keys)
 
 
 @lru_cache(maxsize=4)
@@ -469,24 +350,6 @@ def widths_in_matrix(params: dict) -> list[int]:
 
 # ---------------------------------------------------------------- drawing helpers
 
-def _off(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _frame(ax, color, width: float = 3.0) -> None:
-    for side in ax.spines.values():
-        side.set_edgecolor(color)
-        side.set_linewidth(width)
-
-
-def _digit(ax, image, title: str | None = None, fontsize: float = 7) -> None:
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    _off(ax)
-    if title is not None:
-        ax.set_title(title, fontsize=fontsize)
-
-
 def draw_win_matrix(ax, matrix: np.ndarray, mechanisms: list[str], title: str):
     """Mechanism x expert heatmap of proportions in [0, 1], shares of at least 1% written in the cells."""
     matrix = np.asarray(matrix)
@@ -575,7 +438,9 @@ def _run_params(folder: Path, experiment: str) -> dict:
 
 def _load_models(folder: Path, experiment: str):
     """The run's experts and discriminator (CPU, eval mode); a run without checkpoint -> MissingArtifact."""
-    experts, disc, _ = run_dir(folder, experiment, "checkpoint").load_models()
+    from licm import load_run
+
+    experts, disc, _ = load_run(run_dir(folder, experiment, "checkpoint").path)
     return experts, disc
 
 
@@ -610,11 +475,11 @@ def fig_setup(ctx: Context, fig_id: str = "licm-fig1", experiment: str = "main")
     top = matrix.argmax(axis=1)
     fig, axes = _grid(3, M, 1.05 * M + 1.6, 4.6)
     for k in range(M):
-        _digit(axes[0, k], canonical["images"][p_rows[k]])
-        _digit(axes[1, k], inputs[k], f"Q{k}: {pretty(names[k], wrap=True)}")
+        digit(axes[0, k], canonical["images"][p_rows[k]])
+        digit(axes[1, k], inputs[k], f"Q{k}: {pretty(names[k], wrap=True)}")
         e = int(top[k])
-        _digit(axes[2, k], outputs[k, e], f"E{e} (wins {matrix[k, e]:.0%})")
-        _frame(axes[2, k], expert_color(e))
+        digit(axes[2, k], outputs[k, e], f"E{e} (wins {matrix[k, e]:.0%})")
+        frame(axes[2, k], expert_color(e))
     for r, text in enumerate(["P: canonical\ndigits", "Q_i: one digit\nper mechanism",
                               "output of the\nexpert that won\nthe mechanism"]):
         _row_label(axes[r, 0], text)
@@ -637,15 +502,15 @@ def fig_competition(ctx: Context, fig_id: str = "licm-fig2", experiment: str = "
     win = int(scores[0].argmax())
     N = outputs.shape[1]
     fig, axes = _grid(1, N + 1, 1.05 * (N + 1), 2.5)
-    _digit(axes[0, 0], test["images"][row], f"input\n({pretty(names[k])})", 8)
-    _frame(axes[0, 0], "#444444", 1.5)
+    digit(axes[0, 0], test["images"][row], f"input\n({pretty(names[k])})", 8)
+    frame(axes[0, 0], "#444444", 1.5)
     name = "critic" if p["train"]["loss"] == "wasserstein" else "D"
     for j in range(N):
         ax = axes[0, j + 1]
-        _digit(ax, outputs[0, j], f"E{j}\n{name} = {score_text(scores[0, j])}" + ("\nWINNER" if j == win else "\n"),
+        digit(ax, outputs[0, j], f"E{j}\n{name} = {score_text(scores[0, j])}" + ("\nWINNER" if j == win else "\n"),
                7.5)
         if j == win:
-            _frame(ax, expert_color(j), 4)
+            frame(ax, expert_color(j), 4)
     fig.suptitle(f"One {pretty(names[k])} digit fed to every expert, each output titled with its discriminator "
                  f"score; the winner (expert {win}) is framed\n{caption}", fontsize=9)
     return save(fig, ctx.out(fig_id), ctx.dpi)
@@ -665,10 +530,10 @@ def fig_grid(ctx: Context, fig_id: str = "licm-fig3", experiment: str = "main") 
     n = len(cols)
     fig, axes = _grid(2, n, 0.85 * n + 1.2, 3.0)
     for c, col in enumerate(cols):
-        _digit(axes[0, c], test["images"][ev["test_index"][col]], pretty(names[ev["mechanism"][col]], wrap=True), 6.5)
+        digit(axes[0, c], test["images"][ev["test_index"][col]], pretty(names[ev["mechanism"][col]], wrap=True), 6.5)
         w = int(ev["winner"][k, col])
-        _digit(axes[1, c], ev["outputs"][k, col] / 255.0, f"E{w}", 7)
-        _frame(axes[1, c], expert_color(w), 2)
+        digit(axes[1, c], ev["outputs"][k, col] / 255.0, f"E{w}", 7)
+        frame(axes[1, c], expert_color(w), 2)
     _row_label(axes[0, 0], "input")
     _row_label(axes[1, 0], "winner's\noutput")
     it = int(ev["iterations"][k])
@@ -831,9 +696,9 @@ def fig_best_outputs(ctx: Context, fig_id: str, experiment: str, what: str) -> P
     fig, axes = _grid(2, M, 1.15 * M + 1.2, 3.6)
     for k in range(M):
         w = int(scores[k].argmax())
-        _digit(axes[0, k], test["images"][rows[k]], f"{k}: {pretty(names[k], wrap=True)}", 7)
-        _digit(axes[1, k], outputs[k, w], f"E{w}, score {score_text(scores[k, w])}", 7)
-        _frame(axes[1, k], expert_color(w), 2.5)
+        digit(axes[0, k], test["images"][rows[k]], f"{k}: {pretty(names[k], wrap=True)}", 7)
+        digit(axes[1, k], outputs[k, w], f"E{w}, score {score_text(scores[k, w])}", 7)
+        frame(axes[1, k], expert_color(w), 2.5)
     _row_label(axes[0, 0], "input")
     _row_label(axes[1, 0], "highest-\nscoring\nexpert")
     fig.suptitle(f"{what}: one input per mechanism (top) and the output of the expert the discriminator scores "
@@ -940,6 +805,51 @@ def fig_diagram(ctx: Context, fig_id: str, which: str) -> Path:
     return draw_blocks(arch[which], (1, size, size), title, ctx.out(fig_id), ctx.dpi)
 
 
+def draw_fidelity(block: dict, out: Path, dpi: int) -> Path:
+    """Proportion of fully specialized seeds per arm with its 95% Clopper-Pearson interval; the baseline's rate
+    as a dashed line in its interval's band, LICM's 7/10 dotted; arms not run at this profile say so."""
+    rows = block["arms"]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 1.5), 5.0), layout="constrained")
+    base = rows[0] if rows and rows[0]["ran"] else None
+    if base:
+        ax.axhspan(*base["ci"], color="#1f77b4", alpha=0.10, lw=0, label="baseline's 95% interval")
+        ax.axhline(base["rate"], color="#1f77b4", ls="--", lw=1.2, label=f"baseline {base['fully']}/{base['n']}")
+    ax.axhline(fidelity.PAPER_RATE, color="#555555", ls=":", lw=1.2, label="LICM reports 7/10")
+    for x, r in enumerate(rows):
+        if not r["ran"]:
+            ax.text(x, 0.5, f"not run at\nprofile {block['profile']}", ha="center", va="center", fontsize=8,
+                    color="#777777", rotation=90)
+            continue
+        lo, hi = r["ci"]
+        color = "#1f77b4" if x == 0 else ("#d62728" if r.get("significant") else "#333333")
+        ax.errorbar([x], [r["rate"]], yerr=[[r["rate"] - lo], [hi - r["rate"]]], fmt="o", color=color, capsize=4,
+                    ms=6)
+        label = f"{r['fully']}/{r['n']}"
+        if "p_holm" in r:
+            label += f"\np(Holm) {fidelity.p_is(r['p_holm'])}" + (" *" if r["significant"] else "")
+        ax.annotate(label, (x, hi), textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["arm"].removeprefix(fidelity.PREFIX) + "\n" + r["change"].replace(", ", "\n").replace("=", "=\n")
+                        for r in rows], fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(-0.03, 1.22)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("fully specialized seeds (proportion, 95% CI)")
+    ax.set_xlabel("arm: what differs from the literal step")
+    ax.legend(loc="upper right", fontsize=7, ncol=3, frameon=False)
+    scale = {"answered": "papers' scale", "not run": "no arm run"}.get(block["verdict"],
+                                                                     "REDUCED SCALE: a pipeline check, proves nothing")
+    ax.set_title(f"What decides specialization: each unstated detail against the literal step\n(profile "
+                 f"{block['profile']}, {scale}; two-sided Fisher test, Holm-adjusted p, * = p < {stats.ALPHA})", fontsize=9)
+    return save(fig, out, dpi)
+
+
+def fig_fidelity(ctx: Context) -> Path:
+    """Figure `fidelity` of `licm figures runs` : always drawn, arms not run say so."""
+    exps = {n: runs.Experiment(n, ctx.runs_dir, ctx.eval_dir, ctx.params) for n in fidelity.arms(ctx.params)}
+    return draw_fidelity(fidelity.analyze(ctx.params, exps), ctx.out("fidelity"), ctx.dpi)
+
+
 class MissingGroup(Exception):
     """Several experiments a figure needs are all missing."""
 
@@ -965,7 +875,7 @@ RUN_FIGURES: dict[str, Callable[[Context], Path]] = {
                                           "Wasserstein loss (expand_wasserstein)"),
     "expand-fig8": lambda ctx: fig_scores(ctx, "expand-fig8", "expanded", "Expanded domain (expanded)"),
     "expand-fig9": lambda ctx: fig_best_outputs(ctx, "expand-fig9", "expanded", "Expanded domain (expanded)"),
-    "fidelity": fidelity.figure,
+    "fidelity": fig_fidelity,
 }
 assert tuple(RUN_FIGURES) == RUN_FIGURE_IDS
 
@@ -1010,17 +920,17 @@ def _cmd_runs(args) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("figures", help="draw the figures of shared/FIGURES.md from artifacts")
+    p = sub.add_parser("figures", help="draw the figures from artifacts")
     s = p.add_subparsers(dest="figures_command", required=True, metavar="<group>")
     d = s.add_parser("data", help="figures drawn from the prepared data alone (expand-fig1, expand-fig2)")
-    d.add_argument("--out", default="results/figures", help="output folder (default: %(default)s)")
+    d.add_argument("--out", default=paths.result("figures"), help="output folder (default: %(default)s)")
     d.set_defaults(func=_cmd_data)
     r = s.add_parser("runs", help="figures drawn from run artifacts and the model code (RUN_FIGURE_IDS)",
                      description="Draw " + ", ".join(RUN_FIGURE_IDS) + " as <out>/<ID>.png; a figure whose "
                                  "experiment was not run at this profile is written as a labelled placeholder.")
-    r.add_argument("--out", default="results/figures", help="output folder (default: %(default)s)")
-    r.add_argument("--runs", default="results/runs", help="run folders <runs>/<E>/seed<K> (default: %(default)s)")
-    r.add_argument("--eval", default="results/eval", help="`licm evaluate` results <eval>/<E>/seed<K>.json "
+    r.add_argument("--out", default=paths.result("figures"), help="output folder (default: %(default)s)")
+    r.add_argument("--runs", default=paths.result("runs"), help="run folders <runs>/<E>/seed<K> (default: %(default)s)")
+    r.add_argument("--eval", default=paths.result("evals"), help="`licm evaluate` results <eval>/<E>/seed<K>.json "
                                                           "(default: %(default)s)")
     r.add_argument("--only", nargs="+", choices=RUN_FIGURE_IDS, metavar="ID", help="draw only these IDs")
     r.set_defaults(func=_cmd_runs)

@@ -21,15 +21,12 @@ import time
 import zipfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from licm import config, data, mechanisms  # noqa: E402
-from licm.config import LicmError  # noqa: E402
+from licm import config, data, mechanisms, paths
+from licm.config import LicmError
+from licm.plot import off, plt, save
 
 
 # ---------------------------------------------------------------- letters
@@ -225,11 +222,6 @@ def combined_restoration(experts, letters: np.ndarray, names: list[str], params:
 
 # ---------------------------------------------------------------- figures
 
-def _off(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _short(name: str) -> str:
     return name.replace("translate_", "").replace("_", "-")
 
@@ -260,11 +252,11 @@ def fig7_grid(experts, letters: np.ndarray, names: list[str], params: dict, rng,
         ax = axes[0, k]
         ax.imshow(cols[k], cmap="gray", vmin=0, vmax=1)
         ax.set_title(_short(names[k]), fontsize=7)
-        _off(ax)
+        off(ax)
         for r, e in enumerate(order, start=1):
             ax = axes[r, k]
             ax.imshow(outs[k, e], cmap="gray", vmin=0, vmax=1)
-            _off(ax)
+            off(ax)
             if int(assignment[k]) == e:
                 for side in ax.spines.values():
                     side.set_edgecolor("tab:red")
@@ -283,7 +275,7 @@ def fig8_grid(result: dict, params: dict, title: str, out: Path) -> Path:
     for r, (row, label) in enumerate(zip(images, result["labels"])):
         for c in range(n):
             axes[r, c].imshow(row[c], cmap="gray", vmin=0, vmax=1)
-            _off(axes[r, c])
+            off(axes[r, c])
         text = label + (f"\nMSE {result['mse'][r]:.4f}" if r < len(result["mse"]) else "")
         axes[r, 0].set_ylabel(text, fontsize=6.5, rotation=0, ha="right", va="center", labelpad=6)
     fig.suptitle(title, fontsize=9)
@@ -291,8 +283,6 @@ def fig8_grid(result: dict, params: dict, title: str, out: Path) -> Path:
 
 
 def _save(fig, out: Path, params: dict) -> Path:
-    from licm.figures import save
-
     return save(fig, Path(out), params["figures"]["dpi"])
 
 
@@ -318,7 +308,7 @@ def licm_fig8(run_dir, params: dict, out) -> Path:
                                      f"({Path(run_dir).parent.name}/{Path(run_dir).name})", Path(out))
 
 
-def evaluate_run(run_dir, params: dict) -> dict:
+def restoration(run_dir, params: dict) -> dict:
     """Restoration numbers of one run: the per-mechanism table and the Fig. 8 sequence's MSEs."""
     experts, cfg, names, assignment = _restore_dir(Path(run_dir))
     o = params["omniglot"]
@@ -333,9 +323,9 @@ def evaluate_run(run_dir, params: dict) -> dict:
 
 
 def pick_run(runs_dir: Path, experiment: str, params: dict) -> tuple[Path, str]:
-    """The run of `experiment` shown for generalization, and why: the typical seed of `figures.load_runset`
+    """The run of `experiment` shown for generalization, and why: the typical seed of `runs.load_runset`
     (first fully specialized, else most mechanisms won by distinct experts), the one its figures show."""
-    from licm.figures import MissingArtifact, load_runset
+    from licm.runs import MissingArtifact, load_runset
 
     try:
         _, folder, why = load_runset(runs_dir, experiment, params).shown()
@@ -346,15 +336,13 @@ def pick_run(runs_dir: Path, experiment: str, params: dict) -> tuple[Path, str]:
 
 def _not_run(params: dict, experiment: str, reason: str, figs: Path, out: Path) -> None:
     """Labelled placeholder figures and a 'not run' restoration.json: the pipeline declares them as outputs."""
-    from licm import figures
-
     for fig_id, what in (("licm-fig7", "Omniglot letters through every expert"),
                          ("licm-fig8", "combined mechanisms undone expert by expert")):
         fig = plt.figure(figsize=(9, 0.5))
         fig.text(0.01, 0.98, f"{fig_id}: not drawn at profile {params['profile']} (placeholder)\n\n{what}\n\n"
                              f"missing: {reason}", ha="left", va="top", fontsize=9,
                  bbox={"boxstyle": "round", "facecolor": "#f3f3f3", "edgecolor": "#999999"})
-        figures.save(fig, figs / f"{fig_id}.png", params["figures"]["dpi"])
+        save(fig, figs / f"{fig_id}.png", params["figures"]["dpi"])
     data.atomic_write_text(out / "restoration.json", json.dumps({"not_run": True, "reason": reason}, indent=1) + "\n")
     print(f"licm omniglot: {experiment} not run ({reason}): placeholders written")
 
@@ -373,7 +361,7 @@ def _cmd_omniglot(args) -> None:
             return
     p7 = licm_fig7(run_dir, params, figs / "licm-fig7.png")
     p8 = licm_fig8(run_dir, params, figs / "licm-fig8.png")
-    result = evaluate_run(run_dir, params)
+    result = restoration(run_dir, params)
     result["why_this_run"] = why
     out = Path(args.out) / "restoration.json"
     data.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
@@ -386,7 +374,7 @@ def register(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="run folder, e.g. results/runs/main/seed0")
     which.add_argument("--experiment", help="pick one of this experiment's finished runs (see pick_run)")
-    p.add_argument("--runs", default="results/runs", help="runs folder for --experiment (default: %(default)s)")
-    p.add_argument("--figures", default="results/figures", help="figure folder (default: %(default)s)")
-    p.add_argument("--out", default="results/omniglot", help="folder for restoration.json (default: %(default)s)")
+    p.add_argument("--runs", default=paths.result("runs"), help="runs folder for --experiment (default: %(default)s)")
+    p.add_argument("--figures", default=paths.result("figures"), help="figure folder (default: %(default)s)")
+    p.add_argument("--out", default=paths.result("omniglot"), help="folder for restoration.json (default: %(default)s)")
     p.set_defaults(func=_cmd_omniglot)

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from licm import config
+from licm import config, paths, stages
+from licm.commands import COMMANDS
 from licm.data import atomic_write_text
 
 # Blocks of an experiment's resolved params (profile + overrides) a training job reads: the
@@ -31,29 +32,13 @@ TRAIN_KEYS = ("device", "data.prepared_dir", "model", "aii", "train")
 
 # Per stage other than training: the resolved params its command reads (None = all of them: the
 # stage is cheap and reads params.yaml broadly, e.g. the report prints a hash of the whole file).
-# Written to results/plan/stages/<stage>.json; the rule of the same name fingerprints them.
-STAGE_KEYS: dict[str, tuple[str, ...] | None] = {
-    "classifier": ("profile", "device", "data.raw_dir", "data.image_size", "classifier"),
-    # the rest comes from the run's own params.json (a dependency through the run folder)
-    "evaluate": ("device",),
-    "omniglot": ("data.raw_dir", "data.omniglot_archive", "mechanisms", "omniglot", "figures"),
-    "figures_runs": None,
-    "summarize": None,
-    "report": None,
-}
-
+# Written to results/plan/stages/<stage>.json; the rule of the same stage fingerprints them.
 # The data stages read raw keys of params.yaml (they run before `licm plan`; profiles do not touch
-# them): dvc.yaml lists these as the stages' `params:`, the Snakemake rules fingerprint the same keys.
-# `{domain}` is the domain a prepare job builds.
-DATA_KEYS: dict[str, tuple[str, ...]] = {
-    "fetch": ("data.omniglot_archive", "data.raw_dir"),
-    "prepare": ("data.image_size", "data.split", "data.split_seed", "data.transform_seed", "mechanisms",
-                "domains.{domain}"),
-    "figures_data": ("figures",),
-}
+# them): dvc.yaml lists these as the stages' `params:`, the Snakemake rules fingerprint the same keys;
+# `{domain}` is the domain a prepare job builds. Both come from the stage table (licm.stages).
+STAGE_KEYS: dict[str, tuple[str, ...] | None] = {s.name: s.keys for s in stages.STAGES if s.reads == "plan"}
+DATA_KEYS: dict[str, tuple[str, ...]] = {s.name: s.keys for s in stages.STAGES if s.reads == "data"}
 
-# Points per score curve in results/plots/<experiment>.csv.
-CURVE_BINS = 100
 
 
 # ---------------------------------------------------------------- what a job reads
@@ -241,8 +226,6 @@ def code_deps(*commands: str, src: Path = SOURCES) -> list[str]:
     modules name. Both tools derive a stage's code from here: the Snakemake rules as inputs, dvc.yaml
     (`licm dvc-yaml`) as deps. cli.py is left out: it only dispatches, and a new subcommand must not
     re-run the pipeline."""
-    from licm.cli import COMMANDS
-
     root = Path(src)
     files = _module_files(tuple(sorted(COMMANDS[c] for c in commands)), root.resolve())
     return sorted((root / f).as_posix() for f in files)
@@ -262,86 +245,6 @@ def _module_files(modules: tuple[str, ...], src: Path) -> frozenset[str]:
     return frozenset(f.relative_to(src).as_posix() for f in files)
 
 
-# ---------------------------------------------------------------- per-experiment records
-
-def _run_metrics(runs: dict) -> dict[int, dict]:
-    """Each run's metrics.json (licm.rundir.RunDir), or an error naming the unfinished run."""
-    out = {}
-    for seed, run in runs.items():
-        metrics = run.metrics()
-        if metrics is None:
-            raise config.LicmError(f"{run.path / 'metrics.json'}: missing; run `licm train` for seed {seed} first")
-        out[seed] = metrics
-    return out
-
-
-def score_curves(runs: dict, bins: int = CURVE_BINS) -> list[str]:
-    """CSV lines: per iteration bin and mechanism, the best expert's score, averaged over seeds."""
-    lines = ["iteration,mechanism,best_score"]
-    if not runs:
-        return lines
-    import pandas as pd
-
-    frames = []
-    for run in runs.values():
-        h = run.history()
-        frames.append(h.groupby(["iteration", "mechanism"], sort=False)["score_mean"].max().reset_index())
-    h = pd.concat(frames)
-    width = max(1, -(-int(h["iteration"].max()) // bins))
-    h["iteration"] = ((h["iteration"] - 1) // width + 1) * width
-    curve = h.groupby(["iteration", "mechanism"], sort=False)["score_mean"].mean().reset_index()
-    return lines + [f"{int(r.iteration)},{r.mechanism},{r.score_mean:.6g}" for r in curve.itertuples()]
-
-
-def collect_runs(params: dict, name: str, runs_dir: str | Path, metrics_path: str | Path,
-                 plot_path: str | Path) -> dict:
-    """Write an experiment's record, summary metrics and score curves; return the record.
-
-    An experiment the profile does not select gets a record saying so (and empty metrics), so
-    every DVC stage train@<name> has its outputs.
-      <runs>/<name>/experiment.json  profile, seeds run, run folders (or "not selected")
-      metrics_path                   DVC `metrics`: per seed and mean
-      plot_path                      DVC `plots`: score of the best expert per mechanism over iterations
-    """
-    from licm import rundir
-
-    seeds = config.seeds(params, name)
-    profile = params["profile"]
-    runs = {s: rundir.RunDir.of(runs_dir, name, s) for s in seeds}
-    metrics = _run_metrics(runs)
-    per_seed = {f"seed{s}": {"distinct_winners": m["distinct_winners"], "fully_specialized": m["fully_specialized"],
-                             "iterations": m["iterations"]} for s, m in metrics.items()}
-    summary: dict[str, Any] = {"experiment": name, "profile": profile, "selected": bool(seeds), "runs": len(seeds)}
-    if seeds:
-        summary["mean_distinct_winners"] = sum(m["distinct_winners"] for m in metrics.values()) / len(metrics)
-        summary["fully_specialized_runs"] = sum(bool(m["fully_specialized"]) for m in metrics.values())
-    summary["per_seed"] = per_seed
-    record = {"experiment": name, "profile": profile, "selected": bool(seeds), "seeds": seeds,
-              "runs": {f"seed{s}": str(r.path) for s, r in runs.items()}}
-    rundir.write_experiment_record(runs_dir, name, record)
-    atomic_write_text(Path(metrics_path), json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(Path(plot_path), "\n".join(score_curves(runs)) + "\n")
-    return record
-
-
-def collect_evaluations(params: dict, name: str, eval_dir: str | Path) -> dict:
-    """Write <eval_dir>/<name>/experiment.json: which seeds' evaluations exist (none if not selected).
-
-    DVC's evaluate@<name> stage outputs the folder <eval_dir>/<name>; this record makes the folder
-    exist for every experiment, evaluated or not selected at this profile.
-    """
-    seeds = config.seeds(params, name)
-    folder = Path(eval_dir) / name
-    files = {f"seed{s}": folder / f"seed{s}.json" for s in seeds}
-    missing = [str(f) for f in files.values() if not f.is_file()]
-    if missing:
-        raise config.LicmError(f"{', '.join(missing)}: missing; run `licm evaluate` for these runs first")
-    record = {"experiment": name, "profile": params["profile"], "selected": bool(seeds), "seeds": seeds,
-              "evaluations": {k: str(f) for k, f in files.items()}}
-    atomic_write_text(folder / "experiment.json", json.dumps(record, indent=2) + "\n")
-    return record
-
-
 # ---------------------------------------------------------------- CLI
 
 def _cmd_plan(args) -> None:
@@ -351,42 +254,14 @@ def _cmd_plan(args) -> None:
           f"({len(changed)} changed{': ' + ', '.join(map(str, changed)) if changed else ''})")
 
 
-def _cmd_collect(args) -> None:
-    params = config.load(args.params, profile=args.profile)
-    name = args.experiment
-    config.experiment(params, name)  # unknown name: a ParamsError naming the choices
-    if args.evaluations:
-        record = collect_evaluations(params, name, args.eval_dir)
-        print(f"licm collect: {name}: {len(record['seeds'])} evaluation(s) -> {Path(args.eval_dir) / name}")
-        return
-    metrics = args.metrics or f"results/metrics/{name}.json"
-    plot = args.plot or f"results/plots/{name}.csv"
-    record = collect_runs(params, name, args.runs, metrics, plot)
-    print(f"licm collect: {name}: {len(record['seeds'])} run(s) "
-          f"({'selected' if record['selected'] else 'not selected'} at profile {params['profile']}) "
-          f"-> {Path(args.runs) / name / 'experiment.json'}, {metrics}, {plot}")
-
-
 def register(sub) -> None:
     p = sub.add_parser("plan", help="write the per-experiment and per-stage plans (resolved params) DVC depends on",
                        description="Write results/plan/<experiment>.json and results/plan/stages/<stage>.json "
                                    "(rewritten only when their content changes).")
-    p.add_argument("--out", default="results/plan", help="plan folder (default: %(default)s)")
+    p.add_argument("--out", default=paths.result("plans"), help="plan folder (default: %(default)s)")
     p.set_defaults(func=_cmd_plan)
-
-    c = sub.add_parser("collect", help="record an experiment's runs (or evaluations): record, metrics, score curves",
-                       description="Runs: <runs>/<E>/experiment.json, results/metrics/<E>.json, results/plots/<E>.csv. "
-                                   "With --evaluations: <eval-dir>/<E>/experiment.json.")
-    c.add_argument("--experiment", required=True, help="a key of `experiments:` in params.yaml")
-    c.add_argument("--runs", default="results/runs", help="run folders (default: %(default)s)")
-    c.add_argument("--metrics", default=None, help="summary metrics file (default: results/metrics/<E>.json)")
-    c.add_argument("--plot", default=None, help="score curves file (default: results/plots/<E>.csv)")
-    c.add_argument("--evaluations", action="store_true", help="record the experiment's evaluations instead")
-    c.add_argument("--eval-dir", default="results/eval", help="evaluation folders (default: %(default)s)")
-    c.set_defaults(func=_cmd_collect)
 
 
 __all__ = ["TRAIN_KEYS", "STAGE_KEYS", "DATA_KEYS", "pick", "train_params", "stage_params", "fingerprint",
            "stage_fingerprint", "data_fingerprint", "seeds_text", "seeds_per_job", "setting_flag", "seed_chunks", "import_graph",
-           "package_files", "code_deps", "plan", "stage_plan", "plans", "write_plans", "collect_runs", "collect_evaluations",
-           "score_curves"]
+           "package_files", "code_deps", "plan", "stage_plan", "plans", "write_plans"]

@@ -5,41 +5,32 @@ a GPU session exist nowhere else (the GPU machines start bare and are given back
 the HTML report with its figures, summary.json, each run's metrics.json and meta.json (device,
 versions, commit, time), each experiment's record and evaluation JSON, the benchmark JSON, and the
 committee and discriminator of one experiment's typical seed (the seed its figures show,
-`figures.RunSet.shown`) without optimizer state, loadable by `licm.load_run` on a CPU. Small files
+`runs.RunSet.shown`) without optimizer state, loadable by `licm.load_run` on a CPU. Small files
 only: no evaluation arrays, no optimizer state, no history.
 
-The source is a folder with results/ (a repository after `make report`), or a folder written by
-`licm standalone --pack` (its archives are unpacked into a temporary folder first).
+The source is a folder with results/: a repository after `make report`, or the results of another
+machine unpacked with workflow/scripts/pack_results.sh.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from licm import config
+from licm import checkpoint, config, paths
 from licm.data import atomic_write_text, read_json
-
-
-# What `licm.load_run` reads of a checkpoint (RunDir.load_models); the rest (optimizers, RNG states,
-# history, iteration) is what training needs to resume, and stays behind.
-WEIGHTS = ("format", "committee", "discriminator")
 
 
 def export_weights(run_dir: str | Path, dest: str | Path) -> Path:
     """Write dest/checkpoint.pt (committee and discriminator only) and dest/params.json, so that
-    `licm.load_run(dest)` returns the same networks as `licm.load_run(run_dir)`, on a CPU.
-
-    The one function here that knows what a checkpoint holds (WEIGHTS): run folders belong to
-    licm.rundir.RunDir, which reads and writes them."""
+    `licm.load_run(dest)` returns the same networks as `licm.load_run(run_dir)`, on a CPU
+    (licm.checkpoint.weights: no optimizer state, no history)."""
     from licm.rundir import RunDir
 
     src, out = RunDir(run_dir), RunDir(dest)
-    checkpoint = src.load_checkpoint()
     out.path.mkdir(parents=True, exist_ok=True)
-    out.save_checkpoint({k: checkpoint[k] for k in WEIGHTS})
+    out.save_checkpoint(checkpoint.weights(src.load_checkpoint()))
     out.write_json("params.json", src.params())
     return out.checkpoint_file
 
@@ -53,7 +44,7 @@ def _copy_results(root: Path, out: Path) -> None:
     """The report (with its figures), the summary, the classifier's and Omniglot's numbers, the per-experiment
     metrics, the runner's record (wall time per job), the benchmark JSON and the params used."""
     res = root / "results"
-    for name in ("summary.json", "classifier/metrics.json", "omniglot/restoration.json", "standalone.json"):
+    for name in ("summary.json", "classifier/metrics.json", "omniglot/restoration.json"):
         if (res / name).is_file():
             _copy(res / name, out / name)
     shutil.copytree(res / "report", out / "report")
@@ -98,17 +89,17 @@ def _copy_runs(res: Path, out: Path) -> dict:
 def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | None = None) -> dict:
     """Copy the publishable files of the tree `root` (with results/) into `out` and export the weights of
     `experiment`'s typical seed; write and return out/index.json (what the snapshot holds)."""
-    from licm import figures
+    from licm import runs
 
     res = root / "results"
-    needed = [res / "summary.json", res / "report" / "index.html", res / "runs" / experiment / "experiment.json"]
+    needed = [Path(paths.result(k, res, experiment=experiment)) for k in ("summary", "report_page", "run_record")]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise config.LicmError(f"{', '.join(missing)}: missing; publish a tree where the pipeline ran up to the "
-                               f"report with experiment {experiment} (`make report`, or `licm standalone --pack`)")
+                               f"report with experiment {experiment} (`make report`)")
     profile = json.loads((res / "summary.json").read_text()).get("_meta", {}).get("profile")
     params = config.load(root / "params.yaml" if (root / "params.yaml").is_file() else "params.yaml", profile=profile)
-    seed, folder, caption = figures.load_runset(res / "runs", experiment, params).shown()  # the figures' seed
+    seed, folder, caption = runs.load_runset(res / "runs", experiment, params).shown()  # the figures' seed
     _copy_results(root, out)
     held = _copy_runs(res, out)
     model = out / "runs" / experiment / f"seed{seed}"
@@ -190,19 +181,6 @@ def campaign_index(campaign: dict, runs: Path) -> dict:
             "seeds": seeds, "training_wall_seconds": round(total)}
 
 
-def source_tree(source: Path, scratch: Path) -> Path:
-    """`source` itself when it holds results/; a pack folder (pack.json) unpacked into `scratch`."""
-    if (source / "pack.json").is_file():
-        from licm.standalone import restore
-
-        restore(source, scratch)
-        return scratch
-    if not (source / "results").is_dir():
-        raise config.LicmError(f"{source}: neither a tree with results/ nor a folder written by "
-                               "`licm standalone --pack` (pack.json)")
-    return source
-
-
 # ---------------------------------------------------------------- one seed at a time (the CPU campaign)
 
 def kept_outputs(iterations: list[int], target: int) -> set[int]:
@@ -248,27 +226,28 @@ def _cmd_publish_seed(args) -> None:
 
 
 def _cmd_publish(args) -> None:
-    source = Path(args.source)
-    with tempfile.TemporaryDirectory(prefix="licm-publish-") as scratch:
-        root = source_tree(source, Path(scratch) / "tree")
-        profile = (read_json(root / "results" / "summary.json") or {}).get("_meta", {}).get("profile", "result")
-        out = Path(args.out or f"published/{profile}-{args.date}")
-        if out.exists() and not args.force and not args.campaign:
-            raise config.LicmError(f"{out}: exists; choose another --out or pass --force to replace it")
-        tmp = out.with_name(f".{out.name}.tmp")    # complete or absent: built aside, then renamed
+    root = Path(args.source)
+    if not (root / "results").is_dir():
+        raise config.LicmError(f"{root}: no results/ folder (a pack of results: unpack it first with "
+                               "workflow/scripts/pack_results.sh unpack)")
+    profile = (read_json(root / "results" / "summary.json") or {}).get("_meta", {}).get("profile", "result")
+    out = Path(args.out or f"published/{profile}-{args.date}")
+    if out.exists() and not args.force and not args.campaign:
+        raise config.LicmError(f"{out}: exists; choose another --out or pass --force to replace it")
+    tmp = out.with_name(f".{out.name}.tmp")    # complete or absent: built aside, then renamed
+    shutil.rmtree(tmp, ignore_errors=True)
+    campaign = read_json(Path(args.campaign)) if args.campaign else None
+    if campaign is not None and out.exists():   # a campaign's snapshot: keep the seeds published one by one
+        shutil.copytree(out, tmp)
+        shutil.rmtree(tmp / "report", ignore_errors=True)
+    try:
+        index = publish(root, tmp, args.experiment, campaign)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        campaign = read_json(Path(args.campaign)) if args.campaign else None
-        if campaign is not None and out.exists():   # a campaign's snapshot: keep the seeds published one by one
-            shutil.copytree(out, tmp)
-            shutil.rmtree(tmp / "report", ignore_errors=True)
-        try:
-            index = publish(root, tmp, args.experiment, campaign)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     m = index["model"]
     print(f"licm publish: {out}: {len(index['experiments'])} experiment(s) ({', '.join(index['experiments'])}), "
           f"{index['bytes'] / 2**20:.2f} MiB; weights of {m['why']}: licm.load_run('{out / m['path']}')")
@@ -279,7 +258,7 @@ def register(sub) -> None:
                        description="Copy the report, summary, run records, metrics, meta, evaluation JSON and "
                                    "benchmark JSON of a result, and export one typical run's weights (no optimizer "
                                    "state) loadable by licm.load_run.")
-    p.add_argument("source", help="a tree with results/ (e.g. .) or a folder written by `licm standalone --pack`")
+    p.add_argument("source", help="a tree with results/ (e.g. .)")
     p.add_argument("--out", default=None, help="destination (default: published/<profile>-<date>)")
     p.add_argument("--date", default=dt.date.today().isoformat(), help="date in the default --out (default: today)")
     p.add_argument("--experiment", default="main", help="whose typical seed's weights to export (default: %(default)s)")
@@ -300,4 +279,4 @@ def register(sub) -> None:
     q.set_defaults(func=_cmd_publish_seed)
 
 
-__all__ = ["export_weights", "kept_outputs", "publish", "publish_seed", "source_tree"]
+__all__ = ["export_weights", "kept_outputs", "publish", "publish_seed"]

@@ -28,12 +28,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from licm import config, data
+from licm import config, data, paths
 from licm.data import read_json
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "reduced scale", "not run")
 
-# Every ID of shared/FIGURES.md: (id, paper, kind, text, related figure IDs for claims).
+# Every figure and claim ID of the report: (id, paper, kind, text, related figure IDs for claims).
 ITEMS: list[dict] = [
     # LICM figures
     {"id": "licm-fig1", "paper": "LICM", "kind": "figure", "text": "Problem set-up, drawn from real data: canonical digits (P), one example per mechanism (Q_i), and the expert that inverts it."},
@@ -81,7 +81,7 @@ FOLLOW_UP_TEXT = ("EXPAND leaves open: with a faithful implementation, do the ex
 
 # ---------------------------------------------------------------- gathering
 
-def collect_runs(runs_dir: Path) -> list[dict]:
+def run_rows(runs_dir: Path) -> list[dict]:
     """One row per run the experiments' records list (licm.rundir): experiment, seed, finished?,
     specialization numbers, its share of the training wall time, device."""
     from licm import rundir
@@ -172,7 +172,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
                     f"{summary_path} not found: every claim reads 'not run'")
     summary = summary or {}
     assets = out / "assets"
-    runs = collect_runs(runs_dir)
+    runs = run_rows(runs_dir)
     sections = []
     for item in ITEMS:
         entry = summary.get(item["id"]) or {}
@@ -234,9 +234,9 @@ def render(context: dict) -> str:
     return _template().render(**context)
 
 
-def build(params: dict, out: str | Path = "results/report", figures_dir: str | Path | None = None,
+def build(params: dict, out: str | Path = paths.result("report"), figures_dir: str | Path | None = None,
           summary: str | Path | None = None, runs_dir: str | Path | None = None,
-          classifier_metrics: str | Path = "results/classifier/metrics.json", timings: dict | None = None) -> Path:
+          classifier_metrics: str | Path = paths.result("classifier_metrics"), timings: dict | None = None) -> Path:
     """Write `<out>/index.html` and `<out>/assets/`; return the page's path."""
     r = params["report"]
     out = Path(out)
@@ -260,7 +260,7 @@ def _cmd_report(args) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write the HTML report (one section per figure and claim ID)")
-    p.add_argument("--out", default="results/report", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=paths.result("report"), help="output folder (default: %(default)s)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -12,23 +12,25 @@
 
 Everything that reads or writes a run folder goes through `RunDir` (training, evaluation, figures,
 Omniglot, summary, report, pipeline, licm.load_run), so they agree on what a run is and which
-runs exist (`experiment_runs`: an experiment's record).
+runs exist (`experiment_runs`: an experiment's record). RunDir refuses to write metrics.json
+before the other files, and to write anything into a finished run.
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from licm import config, data
+from licm import checkpoint, config, data, paths
 from licm.config import LicmError
 
 # What a run's result depends on, less what may change between a run and its resume: how far it
 # goes and how often it saves, and how it is computed (layout, compilation, precision, determinism
 # change round-off only).
+# Written last and atomically: its presence means the run is finished.
+FINISHED = "metrics.json"
 RESUMABLE = ("iterations", "checkpoint_every", "implementation", "compile", "precision", "deterministic")
 
 
@@ -57,7 +59,7 @@ class RunDir:
 
     @classmethod
     def of(cls, runs_dir: str | Path, experiment: str, seed: int) -> "RunDir":
-        return cls(Path(runs_dir) / experiment / f"seed{seed}")
+        return cls(paths.result("run", folder=runs_dir, experiment=experiment, seed=seed))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -86,10 +88,10 @@ class RunDir:
 
     def metrics(self) -> dict | None:
         """metrics.json of a finished run, None while unfinished."""
-        return _read_json(self.path / "metrics.json")
+        return _read_json(self.path / FINISHED)
 
     def is_finished(self) -> bool:
-        return (self.path / "metrics.json").is_file()
+        return (self.path / FINISHED).is_file()
 
     def seconds(self) -> float | None:
         """This run's share of the wall time of the job(s) that trained it (started to finished,
@@ -121,27 +123,8 @@ class RunDir:
         return self.checkpoint_file.is_file()
 
     def load_checkpoint(self, map_location="cpu") -> dict:
-        """The checkpoint, validated; a corrupt or foreign file stops with an error naming it and the
-        fix, and nothing is overwritten."""
-        import torch
-
-        from licm.state import CHECKPOINT_FORMAT
-
-        path = self.checkpoint_file
-        fix = (f"Fix: restore it (`dvc checkout {path}` if it was versioned) or delete it to retrain this run "
-               f"from the start; nothing was overwritten")
-        try:
-            ck = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}") from None
-        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-            raise LicmError(f"{path}: unreadable checkpoint, truncated or corrupt ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}). {fix}") from None
-        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            got = ck.get("format", 1) if isinstance(ck, dict) else type(ck).__name__
-            raise LicmError(f"{path}: checkpoint format {got}, this licm reads format {CHECKPOINT_FORMAT} "
-                            f"(made by another version of licm). Fix: delete {self.path} and retrain it")
-        return ck
+        """The checkpoint, validated (licm.checkpoint)."""
+        return checkpoint.load(self.checkpoint_file, self.path, map_location)
 
     def evaluation(self, keys: tuple[str, ...] | None = None, upto: int | None = None) -> dict[str, np.ndarray]:
         """Every evaluation as arrays: iterations [E], test_index, mechanism, label [n], winner [E,n],
@@ -186,18 +169,6 @@ class RunDir:
         if not path.is_file():
             raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}")
         return pd.read_csv(path)
-
-    def load_models(self):
-        """(experts, discriminator, params) on the CPU in eval mode: the single-run interface of
-        licm.load_run (experts(x[B,1,H,W]) -> [B,N',1,H,W]; discriminator(x) -> [B])."""
-        from licm import models
-
-        params = self.params()
-        ck = self.load_checkpoint()
-        committee, discs = models.empty(params, 1, "loop")
-        committee.load_state_dict(ck["committee"])
-        discs.load_state_dict(ck["discriminator"])
-        return models.SeedExperts(committee).eval(), models.SeedDiscriminator(discs).eval(), params
 
     # ------------------------------------------------------------ the resume rule
 
@@ -272,21 +243,32 @@ class RunDir:
         return out
 
     def write_json(self, name: str, obj) -> None:
+        """params.json, meta.json, or metrics.json, the last file of a run: it needs every other one."""
+        self._writable()
+        if name == FINISHED:
+            missing = [f for f in ("params.json", "meta.json", "history.csv", "checkpoint.pt", "evaluation/digits.npz")
+                       if not (self.path / f).is_file()]
+            if missing:
+                raise LicmError(f"{self.path}: {FINISHED} is written last; missing {', '.join(missing)}")
         data.atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def save_checkpoint(self, state: dict) -> None:
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data.atomic_write_bytes(self.checkpoint_file, buf.getvalue())
+        self._writable()
+        checkpoint.save(self.checkpoint_file, state)
 
     def append_evaluation(self, iteration: int, winner: np.ndarray, outputs: np.ndarray) -> None:
+        self._writable()
         data.write_npz(self._evaluation_file(iteration), {"winner": winner.astype(np.int16),
                                                           "outputs": outputs.astype(np.uint8)}, compress=True)
 
     def write_history(self, frame) -> None:
+        self._writable()
         data.atomic_write_text(self.path / "history.csv", frame.to_csv(index=False))
+
+    def _writable(self) -> None:
+        if self.is_finished():
+            raise LicmError(f"{self.path}: finished ({FINISHED} exists); a finished run is not written to "
+                            "(`licm train` resumes it only after removing it)")
 
     def _evaluation_file(self, iteration: int) -> Path:
         return self.evaluation_dir / f"it{iteration:06d}.npz"
@@ -301,7 +283,7 @@ def _gzip(text: str) -> bytes:
 # ---------------------------------------------------------------- an experiment's runs
 
 def record_path(runs_dir: str | Path, experiment: str) -> Path:
-    return Path(runs_dir) / experiment / "experiment.json"
+    return Path(paths.result("run_record", folder=runs_dir, experiment=experiment))
 
 
 def experiment_record(runs_dir: str | Path, experiment: str) -> dict | None:

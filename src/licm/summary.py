@@ -22,104 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from licm import config, data
+from licm import config, data, paths
 from licm.data import read_json
-from licm.rundir import RunDir, comparable
+from licm.runs import Experiment
+from licm.stats import REDUCED, binomial_interval, pct
 
-REDUCED = "reduced scale"
 # Entries of summary.json that are not claims: the follow-up question and the fidelity study (licm.fidelity).
 FIDELITY = "fidelity"
 NOT_CLAIMS = ("follow-up-question", FIDELITY)
 # "Close to the upper bound" (LICM c2, c7): within this many accuracy points of the originals.
 NEAR_UPPER_BOUND = 0.05
-
-
-def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval for a proportion k/n."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
-
-
-class Experiment:
-    """One experiment's finished runs (`figures.load_runset`: the same reading as the figures) and evaluations."""
-
-    def __init__(self, name: str, runs_dir: Path, eval_dir: Path, params: dict, paper: dict | None = None):
-        from licm.figures import MissingArtifact, load_runset
-
-        self.name, self.profile, self.runs, self.evals, self.seconds = name, None, [], [], 0.0
-        self.paper = paper if paper is not None else config.paper_params()
-        self.run_params: list[dict] = []
-        self.hardware: set[str] = set()
-        self.missing: str | None = None     # why there are no runs (MissingArtifact's reason)
-        try:
-            runset = load_runset(runs_dir, name, params)
-        except MissingArtifact as exc:
-            self.missing = exc.reason
-            return
-        self.profile = runset.profile
-        for seed, metrics in sorted(runset.metrics.items()):
-            self.runs.append({**metrics, "seed": seed})
-            ev = read_json(eval_dir / name / f"seed{seed}.json")
-            if ev is not None:
-                self.evals.append(ev)
-            run = RunDir(runset.folders[seed])
-            self.seconds += run.seconds() or 0.0
-            self.run_params.append(run.params())
-            self.hardware.add(run.hardware())
-
-    @property
-    def ran(self) -> bool:
-        return bool(self.runs)
-
-    @property
-    def paper_scale(self) -> bool:
-        """Decided from the runs, not from the profile's name or the device: every seed the papers'
-        scale declares for this experiment ran, each with the params the `paper` profile resolves
-        for it (rundir.comparable, iterations included). A paper-scale CPU run gets a verdict."""
-        if self.name not in self.paper["experiments"] or not self.runs:
-            return False
-        want = config.experiment(self.paper, self.name)
-        seeds = set(config.seeds(self.paper, self.name))
-        return (seeds <= {r["seed"] for r in self.runs} and all(
-            comparable(p) == comparable(want) and p["train"]["iterations"] == want["train"]["iterations"]
-            for p in self.run_params))
-
-    @property
-    def scale(self) -> str:
-        its = sorted({r["iterations"] for r in self.runs})
-        return (f"profile {self.profile}: {len(self.runs)} seed(s) x {', '.join(map(str, its))} iterations"
-                f"{' (the papers’ scale)' if self.paper_scale else ''}; {', '.join(sorted(self.hardware))}")
-
-    def needs(self) -> str:
-        """What the papers' scale asks of this experiment, and the command that runs it."""
-        if self.name not in self.paper["experiments"]:
-            return f"{self.name}: not in params.yaml"
-        p = config.experiment(self.paper, self.name)
-        return (f"{self.name}: {len(config.seeds(self.paper, self.name))} seed(s) x {p['train']['iterations']} "
-                f"iterations (`snakemake --cores all --config profile=paper -- evaluations_{self.name}`)")
-
-    def fully(self) -> int:
-        return sum(bool(r["fully_specialized"]) for r in self.runs)
-
-    def distinct(self) -> list[int]:
-        return [int(r["distinct_winners"]) for r in self.runs]
-
-    def mechanisms(self) -> int:
-        return len(self.runs[0]["mechanisms"]) if self.runs else 0
-
-    def mean_eval(self, key: str) -> float | None:
-        vals = [e[key] for e in self.evals]
-        return float(np.mean(vals)) if vals else None
-
-    def mean_final_experts(self) -> float | None:
-        vals = [e["final"]["accuracy_experts"] for e in self.evals]
-        return float(np.mean(vals)) if vals else None
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _count(k: int, n: int) -> str:
@@ -185,8 +97,8 @@ def claim_c2(main: Experiment) -> dict:
     start = float(np.mean([e["steps"][0]["accuracy_experts"] for e in main.evals]))
     final = main.mean_final_experts()
     reach = _reach_iteration(main)
-    numbers = {"transformed (paper ~40%)": _pct(tr), "originals (paper ~99%)": _pct(orig),
-               "experts after AII (paper ~40%)": _pct(start), "experts at the end": _pct(final),
+    numbers = {"transformed (paper ~40%)": pct(tr), "originals (paper ~99%)": pct(orig),
+               "experts after AII (paper ~40%)": pct(start), "experts at the end": pct(final),
                f"first iteration within {100 * NEAR_UPPER_BOUND:.0f} points of the originals (paper ~600)":
                    reach if reach is not None else "never"}
     if reach is not None and reach <= 1000 and abs(tr - 0.4) <= 0.15:
@@ -269,7 +181,7 @@ def claim_c6(exp: Experiment) -> dict:
         return _entry([exp], {}, "not run", "")
     n, k = len(exp.runs), exp.fully()
     acc = exp.mean_final_experts()
-    numbers = {"fully specialized seeds": _count(k, n), "classifier on the experts' outputs (paper 96%)": _pct(acc)}
+    numbers = {"fully specialized seeds": _count(k, n), "classifier on the experts' outputs (paper 96%)": pct(acc)}
     ok_acc = acc is not None and acc >= 0.93
     verdict = "reproduced" if k == n and ok_acc else ("partly reproduced" if k > 0 or ok_acc else "not reproduced")
     return _entry([exp], numbers, verdict, "Rule: reproduced if every seed specializes fully and the outputs reach >= 93%.")
@@ -291,7 +203,7 @@ def claim_c7(exp: Experiment) -> dict:
     acc, upper = exp.mean_final_experts(), exp.mean_eval("accuracy_original")
     numbers = {"mechanisms won by distinct experts": f"{r['distinct_winners']}/{M}",
                "experts winning < 5% of every mechanism": f"{idle} (paper: {N - M})",
-               "classifier on outputs / originals": f"{_pct(acc)} / {_pct(upper)}"}
+               "classifier on outputs / originals": f"{pct(acc)} / {pct(upper)}"}
     near = acc is not None and upper is not None and acc >= upper - NEAR_UPPER_BOUND
     verdict = ("reproduced" if r["fully_specialized"] and idle == N - M and near else
                "partly reproduced" if r["distinct_winners"] >= M - 2 else "not reproduced")
@@ -303,7 +215,7 @@ def claim_c8(exp: Experiment) -> dict:
     if not exp.ran:
         return _entry([exp], {}, "not run", "")
     acc = exp.mean_final_experts()
-    numbers = {"classifier on outputs (paper <= 72%)": _pct(acc),
+    numbers = {"classifier on outputs (paper <= 72%)": pct(acc),
                "clusters (mechanisms per top expert)": {k: ", ".join(v) for k, v in _clusters(exp.runs[0]).items()}}
     verdict = "not run" if acc is None else ("reproduced" if acc <= 0.75 else "partly reproduced")
     return _entry([exp], numbers, verdict, "Rule: reproduced if the outputs stay at or below ~72% (75% allowed); "
@@ -446,9 +358,9 @@ def _cmd_summarize(args: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("summarize", help="numbers and verdicts for every claim (results/summary.json)")
-    p.add_argument("--out", default="results/summary.json", help="default: %(default)s")
-    p.add_argument("--runs", default="results/runs", help="default: %(default)s")
-    p.add_argument("--eval", default="results/eval", help="default: %(default)s")
-    p.add_argument("--classifier", default="results/classifier/metrics.json", help="default: %(default)s")
-    p.add_argument("--omniglot", default="results/omniglot/restoration.json", help="default: %(default)s")
+    p.add_argument("--out", default=paths.result("summary"), help="default: %(default)s")
+    p.add_argument("--runs", default=paths.result("runs"), help="default: %(default)s")
+    p.add_argument("--eval", default=paths.result("evals"), help="default: %(default)s")
+    p.add_argument("--classifier", default=paths.result("classifier_metrics"), help="default: %(default)s")
+    p.add_argument("--omniglot", default=paths.result("restoration"), help="default: %(default)s")
     p.set_defaults(func=_cmd_summarize)

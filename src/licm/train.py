@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from licm import config, data
+from licm import config, data, paths
 from licm.config import LicmError
 from licm.rundir import RunDir
 from licm.state import RunState
@@ -417,7 +417,7 @@ def register(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--seeds", default=None, help="seeds trained together: 0-9, 0,3,5 or 0-2,7")
     which.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds K)")
-    p.add_argument("--runs", default="results/runs", help="run folders <runs>/<experiment>/seed<K> (default: %(default)s)")
+    p.add_argument("--runs", default=paths.result("runs"), help="run folders <runs>/<experiment>/seed<K> (default: %(default)s)")
     p.add_argument("--out", default=None, help="the run folder, for one seed (default <runs>/<experiment>/seed<K>)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: params `device:`)")
     p.add_argument("--iterations", type=int, default=None, help="override train.iterations")

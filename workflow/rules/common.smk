@@ -1,8 +1,10 @@
-# Shared by workflow/rules/*.smk: the resolved params, the pipeline settings, paths, and the functions
-# that compute job parameters (from licm.pipeline). No rules here (Snakemake's lint keeps rules and
-# functions apart); no logic in any job's shell command.
+# Shared by workflow/rules/*.smk: the resolved params, the pipeline settings, and the functions that
+# compute job parameters from the stage table (licm.stages: each stage's command, inputs and outputs)
+# and licm.pipeline. No rules here (Snakemake's lint keeps rules and functions apart); no logic in any
+# job's shell command.
 import functools
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -10,6 +12,7 @@ import yaml
 from licm import config as licm_config
 from licm import interrupts, pipeline
 from licm import stages as licm_stages
+from licm.paths import result
 
 # ---- Pipeline settings: --config may set only these (they never change results). The jobs read
 # params.yaml from disk, so any other override would make Snakemake's view and the jobs' differ.
@@ -40,23 +43,39 @@ os.environ.update(LICM_PROFILE=PROFILE)
 
 EXPERIMENTS = list(PARAMS["experiments"])
 SEEDS = {name: licm_config.seeds(PARAMS, name) for name in EXPERIMENTS}
-RAW = PARAMS["data"]["raw_dir"]
-PREPARED = PARAMS["data"]["prepared_dir"]
-MNIST_TEST = [f"{RAW}/MNIST/raw/t10k-images-idx3-ubyte", f"{RAW}/MNIST/raw/t10k-labels-idx1-ubyte"]
-MNIST = [f"{RAW}/MNIST/raw/train-images-idx3-ubyte", f"{RAW}/MNIST/raw/train-labels-idx1-ubyte", *MNIST_TEST]
-OMNIGLOT = f"{RAW}/omniglot/{PARAMS['data']['omniglot_archive']}.zip"
-RAW_FILES = [*MNIST, OMNIGLOT]
-FIGURES_DATA = ["results/figures/expand-fig1.png", "results/figures/expand-fig2.png"]
 # The software of every job (`conda` of the rules, used with --software-deployment-method conda).
 LICM_ENV = "../envs/licm.yaml"
-# The experiment whose committee is shown on Omniglot (LICM §5.3: the main experiment).
-OMNIGLOT_EXPERIMENT = "main"
 
 
 def code(rule):
     """The package files the rule's `licm` command runs (licm.pipeline.code_deps: the import graph),
     inputs of the rule so that editing them re-runs it; dvc.yaml's deps come from the same function."""
     return pipeline.code_deps(licm_stages.RULE_COMMAND[rule])
+
+
+def licm(rule, threads=True, tail="> {log} 2>&1", **fields):
+    """The shell command of a rule: `licm` with the rule's arguments from the stage table, where a
+    field ({experiment}, {seed}, ...) is the job's wildcard unless `fields` names another source
+    (e.g. seeds="params.seeds"); its output goes to the job's log."""
+    source = lambda m: fields.get(m[1], f"wildcards.{m[1]}")  # noqa: E731
+    command = re.sub(r"\{(\w+)\}", lambda m: f"{{{source(m)}}}", licm_stages.COMMAND[rule])
+    prefix = "OMP_NUM_THREADS={threads} " if threads else ""
+    return f"{prefix}licm {command} {tail}"
+
+
+def licm_train(**fields):
+    """A training job's command: it resumes or restarts (TRAIN_RESTART) and writes its own log."""
+    return licm("train", tail=f"{TRAIN_RESTART} --log {{log}}", **fields)
+
+
+def stage_inputs(stage):
+    """What a generic stage's job waits for: its artifacts' files (licm.stages) and its code."""
+    return [*licm_stages.inputs(stage, PARAMS), *code(stage.rule)]
+
+
+def stage_fingerprint_of(stage):
+    """A generic stage's params: raw keys (a data stage) or its resolved plan (licm.pipeline)."""
+    return data_fingerprint(stage.name) if stage.reads == "data" else stage_fingerprint(stage.name)
 
 
 # ---- GPUs and training jobs. A training job takes one `gpu` unit; locally the pool is
@@ -80,7 +99,7 @@ TRAIN_BATCHES = [(name, chunk) for name in EXPERIMENTS for chunk in pipeline.see
                  if len(chunk) > 1]
 TRAIN_RESOURCES = {"gpu": 1 if USE_GPU else 0, "mem_mb": 4000, "runtime": 240}
 # Threads per training job: on 2 CPU cores one job with 2 threads does ~1.2 s per iteration, two jobs
-# with 1 thread each ~3.3 s (ENGINE.md), so a job takes both; Snakemake lowers it to --cores.
+# with 1 thread each ~3.3 s (measured on this project's 2-core machine), so a job takes both; Snakemake lowers it to --cores.
 TRAIN_THREADS = 2
 
 
@@ -98,7 +117,7 @@ def apply_train_settings(rule_name):
 
 def run_metrics(name, seeds):
     """metrics.json of the given seeds' run folders: written last by `licm train`, a run's completion."""
-    return [f"results/runs/{name}/seed{s}/metrics.json" for s in seeds]
+    return [result("run_metrics", experiment=name, seed=s) for s in seeds]
 
 
 @functools.cache
@@ -109,15 +128,13 @@ def domain_of(name):
 
 def prepared_files(name):
     """The prepared data of the experiment's domain (what its training jobs read)."""
-    domain = domain_of(name)
-    return [f"{PREPARED}/{domain}/{split}.npz" for split in ("train_transformed", "train_canonical", "test")] + \
-        [f"{PREPARED}/{domain}/mechanisms.json"]
+    return licm_stages.prepared(PARAMS, domain_of(name))
 
 
 def run_test_inputs(wildcards):
     """The prepared test digits of the run's domain and the raw MNIST test set (the originals)."""
-    domain = domain_of(wildcards.experiment)
-    return [f"{PREPARED}/{domain}/test.npz", f"{PREPARED}/{domain}/mechanisms.json", *MNIST_TEST]
+    return [*licm_stages.prepared(PARAMS, domain_of(wildcards.experiment), ("test",)),
+            *licm_stages.mnist_test(PARAMS)]
 
 
 @functools.cache

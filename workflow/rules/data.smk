@@ -1,12 +1,14 @@
-# Data stages: fetch (download or mirror) and prepare (pad, split, transform per domain); the data
-# figures. Left out with --config data_rules=false (DVC's train@ stages: data/ is DVC's).
+# Data stages with wildcards or outputs set by params.yaml: fetch (download or mirror) and prepare (pad,
+# split, transform per domain); commands from the stage table (licm.stages). Left out with --config
+# data_rules=false (DVC's train@ stages: data/ is DVC's).
 
 
 rule fetch:
     input:
         code("fetch"),
     output:
-        RAW_FILES,
+        licm_stages.mnist(PARAMS),
+        licm_stages.omniglot_archive(PARAMS),
     params:
         fingerprint=data_fingerprint("fetch"),
     log:
@@ -14,16 +16,16 @@ rule fetch:
     conda:
         LICM_ENV
     shell:
-        "licm data fetch > {log} 2>&1"
+        licm("fetch", threads=False)
 
 
 rule prepare:
     input:
-        RAW_FILES,
+        licm_stages.mnist(PARAMS),
+        licm_stages.omniglot_archive(PARAMS),
         code("prepare"),
     output:
-        expand(f"{PREPARED}/{{{{domain}}}}/{{split}}.npz", split=["train_transformed", "train_canonical", "test"]),
-        f"{PREPARED}/{{domain}}/mechanisms.json",
+        licm_stages.prepared(PARAMS, "{domain}"),
     params:
         fingerprint=lambda w: data_fingerprint("prepare", domain=w.domain),
     log:
@@ -31,21 +33,4 @@ rule prepare:
     conda:
         LICM_ENV
     shell:
-        "licm data prepare --domain {wildcards.domain} > {log} 2>&1"
-
-
-rule figures_data:
-    input:
-        f"{PREPARED}/paper/test.npz",
-        f"{PREPARED}/expanded/test.npz",
-        code("figures_data"),
-    output:
-        FIGURES_DATA,
-    params:
-        fingerprint=data_fingerprint("figures_data"),
-    log:
-        "logs/figures-data.log",
-    conda:
-        LICM_ENV
-    shell:
-        "licm figures data --out results/figures > {log} 2>&1"
+        licm("prepare", threads=False)

@@ -1,40 +1,21 @@
-# Evaluation: the MNIST classifier (one job), one `licm evaluate` job per trained (experiment, seed)
-# and, per experiment, a record of its evaluations; Omniglot generalization of experiment main.
-# All cheap next to training, and none of them is an input of training: a classifier change
-# re-runs the classifier, the evaluations and what follows, never a training job.
+# Evaluation: one `licm evaluate` job per trained (experiment, seed) and, per experiment, a record of
+# its evaluations (commands from the stage table, licm.stages). Cheap next to training, and not an
+# input of training: a classifier change re-runs the classifier, the evaluations and what follows.
 # dvc.yaml runs `snakemake ... evaluations_<name>` per experiment (stage evaluate@<name>).
 
 localrules: collect_evaluations, evaluate_all
-
-
-rule classifier:
-    input:
-        MNIST,
-        code("classifier"),
-    output:
-        model="results/classifier/classifier.pt",
-        metrics="results/classifier/metrics.json",
-    params:
-        fingerprint=stage_fingerprint("classifier"),
-    log:
-        "logs/classifier.log",
-    threads: 2
-    conda:
-        LICM_ENV
-    shell:
-        "OMP_NUM_THREADS={threads} licm classifier --out results/classifier > {log} 2>&1"
 
 
 rule evaluate:
     """Numbers over iterations of one finished run (win matrices, classifier accuracy of the winners'
     outputs), from its evaluation arrays (written by `licm train` before metrics.json)."""
     input:
-        metrics="results/runs/{experiment}/seed{seed}/metrics.json",
-        classifier=rules.classifier.output.model,
+        metrics=result("run_metrics"),
+        classifier=result("classifier_model"),
         test=run_test_inputs,
         code=code("evaluate"),
     output:
-        "results/eval/{experiment}/seed{seed}.json",
+        result("eval"),
     params:
         fingerprint=stage_fingerprint("evaluate"),
     log:
@@ -43,19 +24,17 @@ rule evaluate:
     conda:
         LICM_ENV
     shell:
-        "OMP_NUM_THREADS={threads} licm evaluate --run results/runs/{wildcards.experiment}/seed{wildcards.seed} "
-        "--classifier {input.classifier} --out {output} > {log} 2>&1"
+        licm("evaluate")
 
 
 rule collect_evaluations:
     """results/eval/<exp>/experiment.json: which seeds were evaluated (none when the profile does not
     select the experiment), so that DVC's evaluate@<exp> always has its output folder."""
     input:
-        lambda w: expand("results/eval/{experiment}/seed{seed}.json", experiment=w.experiment,
-                         seed=SEEDS[w.experiment]),
+        lambda w: [result("eval", experiment=w.experiment, seed=s) for s in SEEDS[w.experiment]],
         code("collect_evaluations"),
     output:
-        "results/eval/{experiment}/experiment.json",
+        result("eval_record"),
     params:
         seeds=lambda w: SEEDS[w.experiment],
         profile=PROFILE,
@@ -64,7 +43,7 @@ rule collect_evaluations:
     conda:
         LICM_ENV
     shell:
-        "licm collect --experiment {wildcards.experiment} --evaluations --eval-dir results/eval > {log} 2>&1"
+        licm("collect_evaluations", threads=False)
 
 
 # One target rule per experiment, for dvc.yaml (`snakemake evaluations_main`) and for people.
@@ -74,34 +53,9 @@ for _name in EXPERIMENTS:
         name:
             f"evaluations_{_name}"
         input:
-            f"results/eval/{_name}/experiment.json",
+            result("eval_record", experiment=_name),
 
 
 rule evaluate_all:
     input:
-        expand("results/eval/{experiment}/experiment.json", experiment=EXPERIMENTS),
-
-
-rule omniglot:
-    """LICM Fig. 7 and 8 and the restoration table, from one finished seed of experiment main
-    (`licm omniglot --experiment` picks it from the experiment's record and says why)."""
-    input:
-        f"results/runs/{OMNIGLOT_EXPERIMENT}/experiment.json",
-        run_metrics(OMNIGLOT_EXPERIMENT, SEEDS[OMNIGLOT_EXPERIMENT]),
-        OMNIGLOT,
-        code("omniglot"),
-    output:
-        "results/figures/licm-fig7.png",
-        "results/figures/licm-fig8.png",
-        "results/omniglot/restoration.json",
-    params:
-        fingerprint=stage_fingerprint("omniglot"),
-        experiment=OMNIGLOT_EXPERIMENT,
-    log:
-        "logs/omniglot.log",
-    threads: 1
-    conda:
-        LICM_ENV
-    shell:
-        "OMP_NUM_THREADS={threads} licm omniglot --experiment {params.experiment} --runs results/runs "
-        "--figures results/figures --out results/omniglot > {log} 2>&1"
+        [result("eval_record", experiment=e) for e in EXPERIMENTS],

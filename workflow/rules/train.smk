@@ -27,7 +27,7 @@ rule train:
         lambda w: prepared_files(w.experiment),
         code("train"),
     output:
-        "results/runs/{experiment}/seed{seed}/metrics.json",
+        result("run_metrics"),
     params:
         fingerprint=lambda w: train_fingerprint(w.experiment),
     log:
@@ -38,8 +38,7 @@ rule train:
     conda:
         LICM_ENV
     shell:
-        "OMP_NUM_THREADS={threads} licm train --experiment {wildcards.experiment} --seed {wildcards.seed} "
-        "{TRAIN_RESTART} --log {log}"
+        licm_train(seeds="wildcards.seed")
 
 
 for _name, _seeds in TRAIN_BATCHES:
@@ -64,8 +63,7 @@ for _name, _seeds in TRAIN_BATCHES:
         conda:
             LICM_ENV
         shell:
-            "OMP_NUM_THREADS={threads} licm train --experiment {params.experiment} --seeds {params.seeds} "
-            "{TRAIN_RESTART} --log {log}"
+            licm_train(experiment="params.experiment", seeds="params.seeds")
 
     apply_train_settings(train_batch_rule(_name, _seeds))
 
@@ -78,9 +76,9 @@ rule collect:
         lambda w: run_metrics(w.experiment, SEEDS[w.experiment]),
         code("collect"),
     output:
-        record="results/runs/{experiment}/experiment.json",
-        metrics="results/metrics/{experiment}.json",
-        plot="results/plots/{experiment}.csv",
+        record=result("run_record"),
+        metrics=result("metrics"),
+        plot=result("plot"),
     params:
         seeds=lambda w: SEEDS[w.experiment],
         profile=PROFILE,
@@ -89,8 +87,7 @@ rule collect:
     conda:
         LICM_ENV
     shell:
-        "licm collect --experiment {wildcards.experiment} --runs results/runs --metrics {output.metrics} "
-        "--plot {output.plot} > {log} 2>&1"
+        licm("collect", threads=False)
 
 
 rule plan:
@@ -100,8 +97,8 @@ rule plan:
     what a plan holds) and compares its other jobs' params itself. No code inputs on purpose: a plan
     whose content did not change is not rewritten, so its mtime would stay older than the code."""
     output:
-        expand("results/plan/{experiment}.json", experiment=EXPERIMENTS),
-        expand("results/plan/stages/{stage}.json", stage=list(pipeline.STAGE_KEYS)),
+        [result("plan", experiment=e) for e in EXPERIMENTS],
+        [result("stage_plan", stage=s) for s in pipeline.STAGE_KEYS],
     params:
         plans=licm_config.params_hash(pipeline.plans(PARAMS)),
     log:
@@ -109,7 +106,7 @@ rule plan:
     conda:
         LICM_ENV
     shell:
-        "licm plan --out results/plan > {log} 2>&1"
+        licm("plan", threads=False)
 
 
 rule plan_all:
@@ -124,11 +121,11 @@ for _name in EXPERIMENTS:
         name:
             f"experiment_{_name}"
         input:
-            f"results/runs/{_name}/experiment.json",
-            f"results/metrics/{_name}.json",
-            f"results/plots/{_name}.csv",
+            result("run_record", experiment=_name),
+            result("metrics", experiment=_name),
+            result("plot", experiment=_name),
 
 
 rule train_all:
     input:
-        expand("results/runs/{experiment}/experiment.json", experiment=EXPERIMENTS),
+        [result("run_record", experiment=e) for e in EXPERIMENTS],
