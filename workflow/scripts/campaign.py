@@ -260,7 +260,6 @@ def lower_priority() -> None:
 
 
 def run(work: Path, no_report: bool = False) -> int:
-    lower_priority()
     lock = open(HOME / "driver.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -358,9 +357,9 @@ def start(work: Path) -> int:
         print(f"campaign: running (pid {pid}); new seeds start at {head[:10]} (after the seed in progress)")
         return 0
     with open(HOME / "campaign.log", "a") as out:
-        proc = subprocess.Popen(["nice", "-n", "19", sys.executable, str(HOME / "driver.py"), "run", "--repo",
-                                 str(work)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=HOME)
+        proc = subprocess.Popen([sys.executable, str(HOME / "driver.py"), "run", "--repo", str(work)], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lower_priority, cwd=HOME)
     print(f"campaign: started (pid {proc.pid}, nice 19); target commit {head[:10]}; "
           f"log {HOME / 'campaign.log'}; progress: make campaign-status")
     return 0
