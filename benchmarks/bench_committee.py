@@ -12,7 +12,10 @@ CUDA:
   vectorized, vectorized_graph, batched_S<k>[_bf16]: grouped convolutions, eager or captured in one
                        CUDA graph, k seeds in one network (per seed-iteration), TF32 and fp32
 Median ms per seed-iteration over repeats after warm-up, every configuration timed in turn within
-each repeat so that drift of the machine hits all alike; ratios are against the reference. The
+each repeat so that drift of the machine hits all alike; ratios are against the reference. Both
+wall time (`ms`) and this process's CPU time (`cpu_ms`, all its threads): on a shared machine the
+wall time stretches with the other jobs, the CPU time much less (it still counts the threads'
+spin-waiting and suffers from shared caches), and the load average is recorded at both ends. The
 run records the CPU (model, AVX-512/AMX flags), the fp32 and bf16 matrix-product rates, and two
 floors at the fp32 rate (`floors`): `exact`, the FLOPs that any step equal to Alg. 1 does (experts
 forward and backward on every digit: BatchNorm's batch statistics carry gradient to every digit;
@@ -162,15 +165,17 @@ def time_cases(cs: dict, device, warmup: int, repeats: int, log) -> dict:
             case()
         sync(device)
         log(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s")
-    times = {k: [] for k in cs}
+    times, cpu = {k: [] for k in cs}, {k: [] for k in cs}
     for _ in range(repeats):
         for name, case in cs.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             case()
             sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3 / case.seeds)
-    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+            cpu[name].append((time.process_time() - c0) * 1e3 / case.seeds)
+    median = lambda d: {k: round(statistics.median(v), 3) for k, v in d.items()}  # noqa: E731
+    return median(times), median(cpu)
 
 
 def graph_matches_eager(params, device, iterations: int = 8) -> float:
@@ -222,9 +227,11 @@ def main() -> None:
             torch.manual_seed(0)
             log(f"N'={n} {precision}")
             cs = cases(params, data, device, args.batched, args.bf16)
-            ms = time_cases(cs, device, warmup, repeats, log)
+            ms, cpu_ms = time_cases(cs, device, warmup, repeats, log)
             row = {"experts": n, "precision": precision, "gflop_per_iteration": iteration_gflop(params),
-                   "ms": ms, "ratio_to_reference": {k: round(v / ms["reference"], 2) for k, v in ms.items()}}
+                   "ms": ms, "ratio_to_reference": {k: round(v / ms["reference"], 2) for k, v in ms.items()},
+                   "cpu_ms": cpu_ms,
+                   "cpu_ratio_to_reference": {k: round(v / cpu_ms["reference"], 2) for k, v in cpu_ms.items()}}
             if not cuda:
                 floors = {k: round(g / result["matmul_gflops"] * 1e3, 1) for k, g in row["gflop_per_iteration"].items()
                           if k != "masked"}
