@@ -59,7 +59,7 @@ def test_committee_equals_plain_experts_per_seed(rf, layout, channels_last):
     would, in both BatchNorm modes, and updates the same running statistics."""
     nets = _plain(rf=rf)
     c = Committee(3, 4, 3, rf, seeds=2, layout=layout).double().copy_from(copy.deepcopy(nets))
-    c.channels_last = channels_last
+    c.use_channels_last(channels_last)
     x = torch.rand(5, 2, 32, 32, dtype=torch.float64)
     for bn in ("batch", "running"):
         y = c(x, bn)

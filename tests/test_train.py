@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from licm.config import LicmError
 from licm.reference import Reference
 from licm.rundir import RunDir
 from licm.state import RunState
-from licm.step import (STREAM_AII, GroupedAdam, Sampler, StepConfig, Stepper, TrainData, approximate_identity,
-                       make_loss, minibatch, train_step)
+from licm.step import (STREAM_AII, GroupedAdam, Sampler, Step, StepConfig, Stepper, TrainData, approximate_identity,
+                       make_loss, minibatch)
 from licm.train import Progress, run, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,13 +126,20 @@ def _tiny_world(tmp_path, experts=4, **train):
     return params, data
 
 
-def _engine(params, data, seeds, layout, iterations):
+def _step(params, expert_gradient="masked") -> Step:
+    cfg = replace(StepConfig.from_params(params), expert_gradient=expert_gradient)
+    return Step(cfg, make_loss(params["train"]))
+
+
+def _engine(params, data, seeds, layout, iterations, expert_gradient="masked", channels_last=False):
     st = RunState.fresh(params, seeds, 3, "cpu", layout, torch.float64)
+    st.use_channels_last(channels_last)
     sampler = Sampler(seeds, params["train"]["batch_size"], "cpu")
     approximate_identity(st, data, sampler, params["aii"]["max_iterations"], params["aii"]["mse_threshold"])
     st.start_adversarial(params)
+    step = _step(params, expert_gradient)
     for _ in range(iterations):
-        train_step(st, data, sampler, StepConfig.from_params(params), make_loss(params["train"]))
+        step(st, data, sampler)
     return st, sampler
 
 
@@ -163,11 +171,14 @@ def _assert_seed_equal(st, i, ref, tol=1e-10):
         torch.testing.assert_close(d_ours[k], v, rtol=tol, atol=tol, msg=k)
 
 
+@pytest.mark.parametrize("expert_gradient", ["masked", "gathered"])
 @pytest.mark.parametrize("variant", [*VARIANTS, "aii_stops_early"])
-def test_engine_equals_plain_reference(tmp_path, variant):
+def test_engine_equals_plain_reference(tmp_path, variant, expert_gradient):
     """AII and 5 iterations of 2 seeds batched, in both layouts, equal the plain per-expert
-    reference run of each seed on the same digits (float64), in iterations where experts win nothing.
-    aii_stops_early: a threshold that some experts reach at once and others never (done for good)."""
+    reference run of each seed on the same digits (float64), in iterations where experts win nothing,
+    with either experts' gradient (masked: the captured step; gathered: the CPU's, with its weights
+    in channels_last as the CPU keeps them). aii_stops_early: a threshold that some experts reach at
+    once and others never (done for good)."""
     params, data = _tiny_world(tmp_path, **VARIANTS.get(variant, {}))
     if variant == "aii_stops_early":
         experts = models.seed_networks(params, 0)[0]
@@ -178,7 +189,7 @@ def test_engine_equals_plain_reference(tmp_path, variant):
     refs = [_reference(params, data, s, 5) for s in (0, 1)]
     assert sum(losers for _, losers in refs) > 0            # 4 experts, 3 digits: some win nothing
     for layout in ("vectorized", "loop"):
-        st, _ = _engine(params, data, [0, 1], layout, 5)
+        st, _ = _engine(params, data, [0, 1], layout, 5, expert_gradient, expert_gradient == "gathered")
         for i, (ref, _) in enumerate(refs):
             _assert_seed_equal(st, i, ref)
         if variant == "aii_stops_early":
@@ -193,7 +204,7 @@ def test_d_after_update_scores_with_the_updated_discriminator(tmp_path):
     before = copy.deepcopy(st)
     recorded = {}
     st.expert_opt.step = lambda grads, mask: recorded.update(grads=grads, mask=mask)
-    train_step(st, data, sampler, StepConfig.from_params(params), make_loss(params["train"]))
+    _step(params)(st, data, sampler)
     # independently: D's Adam step on eq. 3, then score the experts' outputs with the new D
     x_t, _, x_r = minibatch(data, sampler, torch.tensor(3))
     out = before.committee(x_t, "batch")
@@ -212,6 +223,54 @@ def test_d_after_update_scores_with_the_updated_discriminator(tmp_path):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
 
 
+def _leaves(tree, prefix="") -> dict:
+    """A checkpoint's nested dicts and lists as {"committee.convs.0.weight": tensor, ...}."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        return {prefix: tree}
+    return {k: v for key, sub in items for k, v in _leaves(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
+
+
+def test_masked_checkpoint_resumes_in_the_gathered_step(tmp_path):
+    """A checkpoint written by the masked step resumes in the CPU's step (gathered gradient, weights
+    and Adam moments in channels_last) and continues as the masked run goes on (float64); the CPU
+    step's checkpoints hold the same keys, shapes and dtypes, contiguous."""
+    params, data = _tiny_world(tmp_path)
+    masked, sampler = _engine(params, data, [0], "loop", 3)
+    resumed = RunState.resume(params, [masked.checkpoint(0)], 3, "cpu", "loop", torch.float64)
+    resumed.use_channels_last(True)
+    assert resumed.committee.convs[1].weight.is_contiguous(memory_format=torch.channels_last)
+    masked_step, gathered_step = _step(params), _step(params, "gathered")
+    for _ in range(4):
+        masked_step(masked, data, sampler)
+        gathered_step(resumed, data, sampler)
+    a, b = _leaves(masked.checkpoint(0)), _leaves(resumed.checkpoint(0))
+    assert a.keys() == b.keys() and a["iteration"] == b["iteration"] == 7
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert b[k].is_contiguous() and b[k].dtype == v.dtype, k
+            torch.testing.assert_close(b[k], v, rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_bf16_on_the_cpu_keeps_fp32_weights_and_adam_state(tmp_path):
+    """train.precision: bf16 on the CPU: the step runs under bf16 autocast (the weights end up near
+    an fp32 run's, not equal to them), the weights and Adam moments stay float32, meta.json says bf16."""
+    params = small_params(make_prepared(tmp_path / "prep"), iterations=3, precision="bf16")
+    params["aii"]["enabled"] = False
+    run(params, 0, tmp_path / "r", "cpu", progress=False)
+    run({**params, "train": {**params["train"], "precision": "fp32"}}, 0, tmp_path / "fp32", "cpu", progress=False)
+    low, exact = _tensors(tmp_path / "r"), _tensors(tmp_path / "fp32")
+    assert not all(torch.equal(low[k], exact[k]) for k in low)
+    for k in low:       # 3 Adam steps of lr 1e-3 move a weight by <= ~3e-3 either way
+        torch.testing.assert_close(low[k], exact[k], rtol=0, atol=1e-2, msg=k)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    tensors = _leaves({k: ck[k] for k in ("committee", "discriminator", "expert_optimizer")})
+    assert all(v.dtype == torch.float32 for k, v in tensors.items() if k.endswith("weight"))
+    assert ck["expert_optimizer"]["exp_avg"][0].dtype == torch.float32
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["precision"] == "bf16"
+    assert json.loads((tmp_path / "fp32" / "meta.json").read_text())["precision"] == "fp32"
+
+
 @pytest.mark.parametrize("d_update,per_iteration", [("joint", 1), ("fakes_then_real", 2)])
 def test_discriminator_steps_per_iteration(tmp_path, d_update, per_iteration):
     params, data = _tiny_world(tmp_path, d_update=d_update)
@@ -228,14 +287,14 @@ def test_whole_iteration_compiles_without_graph_breaks_and_equals_eager(tmp_path
     import torch._dynamo
 
     params, data = _tiny_world(tmp_path)
-    cfg, loss = StepConfig.from_params(params), make_loss(params["train"])
+    step = _step(params)
     eager, sampler = _engine(params, data, [0, 1], "vectorized", 0)
     compiled = copy.deepcopy(eager)
     torch._dynamo.config.trace_autograd_ops = True
-    explained = torch._dynamo.explain(partial(train_step, copy.deepcopy(eager), data, sampler, cfg, loss))()
+    explained = torch._dynamo.explain(partial(step, copy.deepcopy(eager), data, sampler))()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    run_eager = Stepper(partial(train_step, eager, data, sampler, cfg, loss), "eager", "cpu")
-    run_compiled = Stepper(partial(train_step, compiled, data, sampler, cfg, loss), "compiled", "cpu")
+    run_eager = Stepper(partial(step, eager, data, sampler), "eager", "cpu")
+    run_compiled = Stepper(partial(step, compiled, data, sampler), "compiled", "cpu")
     for _ in range(4):
         run_eager()
         run_compiled()

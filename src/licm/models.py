@@ -113,9 +113,7 @@ class Committee(nn.Module):
         self.config = dict(experts=experts, width=width, hidden_layers=hidden_layers,
                            receptive_field=receptive_field)
         self.seeds, self.n_experts, self.width, self.layout = seeds, experts, width, layout
-        # Convolutions in channels_last (NHWC) memory format: measured 1.2x faster for the loop's
-        # experts on the project's 2-core CPUs (ENGINE.md). Parameters stay contiguous (NCHW).
-        self.channels_last = False
+        self.channels_last = False          # see use_channels_last
         g, w = seeds * experts, width
         self.convs = nn.ModuleList(
             _Tensors({"weight": torch.zeros(g * w, 1 if i == 0 else w, 3, 3)}) for i in range(hidden_layers + 1))
@@ -138,20 +136,33 @@ class Committee(nn.Module):
             self.out.bias.copy_(torch.cat([_convs(e)[-1].bias for e in flat]))
         return self
 
+    def use_channels_last(self, on: bool) -> None:
+        """Convolutions in channels_last (NHWC) memory format, the weights stored so (no conversion
+        per call): measured 1.2x faster for the loop's experts on the project's 2-core CPUs
+        (ENGINE.md). Values, state_dict keys and checkpoints are the same in either format."""
+        self.channels_last = on
+        _set_format(self.parameters(), on)
+
     def forward(self, x: torch.Tensor, bn: str = "batch") -> torch.Tensor:
         """x [B,S,H,W] -> [B,S,N',H,W]. bn: `batch` (train mode: batch statistics, running stats
         updated) or `running` (eval mode: running statistics, nothing updated)."""
         B, S, H, W = x.shape
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = self._grouped(x, bn) if self.layout == "vectorized" else self._loop(x, bn)
+        x = self._format(x)
+        y = self._grouped(x, bn) if self.layout == "vectorized" else torch.cat(self._loop(x, bn), dim=1)
         return y.reshape(B, S, self.n_experts, y.shape[-2], y.shape[-1])
 
-    def _w(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.contiguous(memory_format=torch.channels_last) if self.channels_last else weight
+    def outputs(self, x: torch.Tensor, bn: str = "batch") -> list[torch.Tensor]:
+        """Each (seed, expert)'s output [B,1,H,W] for x [B,S,H,W], seed-major. In the loop layout each
+        has an autograd graph of its own, so a backward from some outputs never runs the other
+        experts' backward (licm.step.GatheredUpdate skips the experts that won nothing)."""
+        x = self._format(x)
+        return list(self._grouped(x, bn).split(1, dim=1)) if self.layout == "vectorized" else self._loop(x, bn)
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _block(self, h, i: int, weight, bn_params, groups: int, bn: str):
-        h = F.conv2d(h, self._w(weight), padding=1, groups=groups)
+        h = F.conv2d(h, weight, padding=1, groups=groups)
         h = F.elu(F.batch_norm(h, bn_params[2], bn_params[3], bn_params[0], bn_params[1],
                                training=bn == "batch", momentum=BN_MOMENTUM, eps=BN_EPS))
         blocks = len(self.convs)
@@ -170,9 +181,9 @@ class Committee(nn.Module):
         h = x
         for i, conv in enumerate(self.convs):
             h = self._block(h, i, conv.weight, self._bn(i), self.seeds if i == 0 else g, bn)
-        return torch.sigmoid(F.conv2d(h, self._w(self.out.weight), self.out.bias, padding=1, groups=g))
+        return torch.sigmoid(F.conv2d(h, self.out.weight, self.out.bias, padding=1, groups=g))
 
-    def _loop(self, x, bn: str):
+    def _loop(self, x, bn: str) -> list[torch.Tensor]:
         g, w = self.seeds * self.n_experts, self.width
         weights = [conv.weight.split(w) for conv in self.convs]
         bns = [[t.split(w) for t in self._bn(i)] for i in range(len(self.convs))]
@@ -182,8 +193,17 @@ class Committee(nn.Module):
             h = x[:, e // self.n_experts].unsqueeze(1)
             for i in range(len(self.convs)):
                 h = self._block(h, i, weights[i][e], [t[e] for t in bns[i]], 1, bn)
-            outs.append(torch.sigmoid(F.conv2d(h, self._w(out_w[e]), out_b[e], padding=1)))
-        return torch.cat(outs, dim=1)
+            outs.append(torch.sigmoid(F.conv2d(h, out_w[e], out_b[e], padding=1)))
+        return outs
+
+
+def _set_format(tensors, channels_last: bool) -> None:
+    """Every 4-d tensor of `tensors` in place (same tensor objects, so optimizers keep them) in
+    channels_last or contiguous memory format."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for t in tensors:
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=fmt)
 
 
 def _convs(expert: Expert) -> list[nn.Conv2d]:
@@ -201,7 +221,7 @@ class Discriminators(nn.Module):
                  wasserstein: bool = False, seeds: int = 1):
         super().__init__()
         self.wasserstein, self.seeds = wasserstein, seeds
-        self.channels_last = False          # as Committee.channels_last
+        self.channels_last = False          # see use_channels_last
         self.stages = [int(c) for c in convs]
         layers, channels, size = [], 1, image_size
         for width, count in zip(widths, convs):
@@ -229,6 +249,11 @@ class Discriminators(nn.Module):
                 fc.bias.copy_(torch.stack([m.bias for m in ms]))
         return self
 
+    def use_channels_last(self, on: bool) -> None:
+        """As Committee.use_channels_last."""
+        self.channels_last = on
+        _set_format(self.parameters(), on)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         K, S = x.shape[:2]
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -236,7 +261,7 @@ class Discriminators(nn.Module):
         for count in self.stages:
             for _ in range(count):
                 layer = self.convs[k]
-                h = F.elu(F.conv2d(h, layer.weight.contiguous(memory_format=fmt), layer.bias, padding=1, groups=S))
+                h = F.elu(F.conv2d(h, layer.weight, layer.bias, padding=1, groups=S))
                 k += 1
             h = F.avg_pool2d(h, 2)
         h = h.reshape(K, S, -1).transpose(0, 1)                                  # [S, K, C*h*w]

@@ -45,7 +45,7 @@ class RunState:
                dtype=torch.float32) -> "RunState":
         """Runs from their checkpoints (one per seed, all at the same iteration)."""
         seeds = [int(ck["seed"]) for ck in checkpoints]
-        committee, discs = models.empty(params, len(seeds), layout)
+        committee, discs = (net.to(device, dtype) for net in models.empty(params, len(seeds), layout))
         committee.load_state_dict(models.join_seeds([ck["committee"] for ck in checkpoints]))
         discs.load_state_dict(models.join_seeds([ck["discriminator"] for ck in checkpoints]))
         st = cls._assemble(params, seeds, committee.to(device, dtype), discs.to(device, dtype), mechanisms,
@@ -69,8 +69,12 @@ class RunState:
                    History.empty(HISTORY_CAPACITY, S, mechanisms, N, device))
 
     def use_channels_last(self, on: bool) -> None:
-        """Convolutions of both networks in channels_last memory format (faster on the CPU)."""
-        self.committee.channels_last = self.discs.channels_last = on
+        """Convolutions of both networks in channels_last memory format (faster on the CPU), weights
+        and Adam moments stored so; checkpoints are the same in either format."""
+        self.committee.use_channels_last(on)
+        self.discs.use_channels_last(on)
+        for opt in (self.expert_opt, self.disc_opt):
+            opt.match_formats()
 
     def start_adversarial(self, params: dict) -> None:
         """After AII: the committee's Adam carries on with lr_expert (carry_aii_optimizer) or starts afresh."""

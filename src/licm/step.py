@@ -1,28 +1,32 @@
-"""One iteration of LICM Algorithm 1 for S seeds at once, written to be captured whole.
+"""One iteration of LICM Algorithm 1 for S seeds at once (`Step`), eager on the CPU or captured whole.
 
-An iteration (LICM §4 and the paragraph after Alg. 1), `train_step`:
+An iteration (LICM §4 and the paragraph after Alg. 1):
   1. each seed samples a minibatch x' of transformed digits and x of canonical digits;
-  2. every expert maps x'; D scores every output (`compete`); the winner of a digit is the expert
-     with the highest score;
-  3. D's update: canonical digits as real, ALL experts' outputs (no gradient into the experts) as
+  2. every expert maps x'; D scores every output; the winner of a digit is the expert with the
+     highest score (`compete` is the same choice outside training);
+  3. each expert that won digits takes one Adam step on -log D over the digits it won; an expert
+     that won nothing is not stepped (weights, Adam moments and step count stay put);
+  4. D's update: canonical digits as real, ALL experts' outputs (no gradient into the experts) as
      fake, each expert weighted 1/N' (eq. 3); one joint Adam step (Alg. 1 line 5) or, with
-     `d_update: fakes_then_real`, a step on the fakes and "then" one on a canonical minibatch (§4);
-  4. each expert that won digits takes one Adam step on -log D over the digits it won; an expert
-     that won nothing is not stepped (weights, Adam moments and step count stay put). The scores
-     come from D before its update (Alg. 1: c_j of line 4 are used in line 6) or, with
-     `expert_scores_from: d_after_update`, from D after it (DCGAN-style code re-scores the outputs;
-     then the winners are chosen from the updated D's scores too).
+     `d_update: fakes_then_real`, a step on the fakes and "then" one on a canonical minibatch (§4).
+The scores come from D before its update (Alg. 1: c_j of line 4 are used in line 6) or, with
+`expert_scores_from: d_after_update`, from D after it (DCGAN-style code re-scores the outputs).
 Where the papers are silent the choice is a parameter (params.yaml `train:` cites the text each
-one interprets). The losses are objects (`GanLoss`, `WassersteinLoss`), not branches in the step.
+one interprets); `Step` picks each variant once, as an object or a function, and the losses are
+objects (`GanLoss`, `WassersteinLoss`). Names: a *logit* is D's raw output, a *score* what the
+papers plot (GAN: the probability sigmoid(logit); Wasserstein: the critic's value).
 
-Capturable: no host synchronisation inside the step (who won what is a mask, never a list of
-indices; no .item(), no bool(tensor)); minibatches come from a counter-based sampler on the device
-(`Sampler`: index = hash(seed, stream, iteration, position), so a seed draws the same digits
-whether it trains alone or batched, on any device, and a resume needs no RNG state); optimizer
-state, per-expert step counts included, is device tensors (`GroupedAdam`); the history is written
-into a device ring buffer. `Stepper` runs the step eagerly, compiled (CPU: torch.compile with
-fullgraph=True) or captured in one CUDA graph. Per-example updates (a Python loop over digits)
-stay eager.
+Two ways to compute the experts' gradient, equal up to round-off:
+  * `MaskedUpdate` (capturable, the CUDA graph's): no host synchronisation inside the step (who won
+    what is a mask, never a list of indices; no .item(), no bool(tensor)); the gradient runs back
+    through D on all B x N' outputs and through every expert;
+  * `GatheredUpdate` (eager, the CPU's): D's input gradient only on each digit's winning output (B
+    per seed) and no backward at all for an expert that won nothing (one host synchronisation).
+Minibatches come from a counter-based sampler on the device (`Sampler`: index = hash(seed, stream,
+iteration, position), so a seed draws the same digits whether it trains alone or batched, on any
+device, and a resume needs no RNG state); optimizer state, per-expert step counts included, is
+device tensors (`GroupedAdam`); the history is written into a device ring buffer. `Stepper` runs
+the step eagerly, compiled (CPU: torch.compile with fullgraph=True) or captured in one CUDA graph.
 """
 from __future__ import annotations
 
@@ -110,18 +114,25 @@ class GroupedAdam:
     @torch.no_grad()
     def step(self, grads, mask: torch.Tensor | None = None) -> None:
         g_, (b1, b2) = self.groups, self.betas
-        keep = torch.ones(g_, 1, dtype=torch.bool, device=self.step_count.device) if mask is None \
-            else mask.reshape(g_, 1)
-        self.step_count += keep.view(g_).to(self.step_count.dtype)
-        step = self.step_count.clamp(min=1).view(g_, 1)
+        keep = torch.ones(g_, dtype=torch.bool, device=self.step_count.device) if mask is None else mask.reshape(g_)
+        self.step_count += keep.to(self.step_count.dtype)
+        step = self.step_count.clamp(min=1)
         step_size = self.lr / (1 - b1 ** step)
         bc2_sqrt = (1 - b2 ** step).sqrt()
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            g, m2, v2, p2 = g.reshape(g_, -1), m.view(g_, -1), v.view(g_, -1), p.view(g_, -1)
-            m2.copy_(torch.where(keep, torch.lerp(m2, g, 1 - b1), m2))
-            v2.copy_(torch.where(keep, v2 * b2 + (1 - b2) * g * g, v2))
-            update = step_size.to(p.dtype) * m2 / (v2.sqrt() / bc2_sqrt.to(p.dtype) + self.eps)
-            p2.sub_(torch.where(keep, update, torch.zeros((), dtype=p.dtype, device=p.device)))
+            # [groups, rest of dim 0, ...]: splitting dim 0 is a view in any memory format (channels_last too)
+            g, m2, v2, p2 = (t.unflatten(0, (g_, -1)) for t in (g, m, v, p))
+            per_group = lambda t: t.view(g_, *[1] * (p2.dim() - 1))  # noqa: E731
+            k = per_group(keep)
+            m2.copy_(torch.where(k, torch.lerp(m2, g, 1 - b1), m2))
+            v2.copy_(torch.where(k, v2 * b2 + (1 - b2) * g * g, v2))
+            update = per_group(step_size).to(p.dtype) * m2 / (v2.sqrt() / per_group(bc2_sqrt).to(p.dtype) + self.eps)
+            p2.sub_(torch.where(k, update, torch.zeros((), dtype=p.dtype, device=p.device)))
+
+    def match_formats(self) -> None:
+        """Moments in their parameter's memory format (after licm.models' use_channels_last)."""
+        self.exp_avg = [torch.empty_like(p).copy_(m) for p, m in zip(self.params, self.exp_avg)]
+        self.exp_avg_sq = [torch.empty_like(p).copy_(v) for p, v in zip(self.params, self.exp_avg_sq)]
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "step": self.step_count,
@@ -156,6 +167,7 @@ class GanLoss:
         return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none").mean((0, 2))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The score the papers plot: D's probability that the digit is canonical."""
         return torch.sigmoid(logits)
 
     def after_d_step(self, discs: Discriminators) -> None:
@@ -179,6 +191,7 @@ class WassersteinLoss:
         return logits.mean((0, 2))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The critic's value (the logit itself)."""
         return logits
 
     @torch.no_grad()
@@ -198,7 +211,8 @@ class StepConfig:
     expert_update: str = "minibatch"                 # minibatch | per_example
     expert_scores_from: str = "d_before_update"      # d_before_update | d_after_update
     d_update: str = "joint"                          # joint | fakes_then_real
-    bf16: bool = False                               # bf16 autocast (train.precision: bf16, CUDA)
+    bf16: bool = False                               # bf16 autocast (train.precision: bf16)
+    expert_gradient: str = "masked"                  # masked (capturable) | gathered (eager): Step
 
     @classmethod
     def from_params(cls, params: dict) -> "StepConfig":
@@ -209,7 +223,7 @@ class StepConfig:
 
 # ---------------------------------------------------------------- the competition
 
-def score(discs: Discriminators, outputs: torch.Tensor, real: torch.Tensor | None = None):
+def d_logits(discs: Discriminators, outputs: torch.Tensor, real: torch.Tensor | None = None):
     """D's logits of every expert's output: outputs [B,S,N',H,W] -> [B,S,N']. With `real` [B,S,H,W],
     one D forward on [outputs; real] also gives the real digits' logits [B,S] (D has no BatchNorm)."""
     B, S, N, H, W = outputs.shape
@@ -229,7 +243,7 @@ def compete(committee: Committee, discs: Discriminators, x: torch.Tensor, bn: st
     the highest score. Returns outputs [B,S,N',H,W], logits [B,S,N'], winners [B,S]. Training,
     evaluation, figures and Omniglot all choose winners through this function."""
     outputs = committee(x, bn)
-    logits = score(discs, outputs)
+    logits = d_logits(discs, outputs)
     return outputs, logits, logits.argmax(-1)
 
 
@@ -283,85 +297,192 @@ class History:
 
 # ---------------------------------------------------------------- one iteration
 
-def train_step(st, data: TrainData, sampler: Sampler, cfg: StepConfig, loss) -> None:
-    """One iteration of Alg. 1 for every seed of `st` (a licm.state.RunState); everything in place."""
-    with torch.autocast(st.iteration.device.type, torch.bfloat16, enabled=cfg.bf16, cache_enabled=False):
-        _train_step(st, data, sampler, cfg, loss)
+class MaskedUpdate:
+    """The experts' update without host synchronisation (capturable: CUDA graph, torch.compile): each
+    expert's loss is masked to the digits it won and the gradient runs back through D on every
+    expert's output and through every expert, whether it won or not."""
+
+    def forward(self, committee: Committee, x_t: torch.Tensor):
+        return committee(x_t, "batch"), None
+
+    def scored(self, out: torch.Tensor) -> torch.Tensor:
+        return out                                  # the scores carry the experts' graph
+
+    def update(self, st, loss, x_t, outputs, logits, won) -> None:
+        wins = won.sum(0)                                                    # [S,N']
+        per_expert = (won * loss.expert(logits)).sum(0) / wins.clamp(min=1)
+        grads = torch.autograd.grad(per_expert.sum(), list(st.committee.parameters()), retain_graph=True)
+        st.expert_opt.step(grads, (wins > 0).reshape(-1))
 
 
-def _train_step(st, data: TrainData, sampler: Sampler, cfg: StepConfig, loss) -> None:
-    iteration = st.iteration + 1
-    x_t, mechanism, x_r = minibatch(data, sampler, iteration)
-    out = st.committee(x_t, "batch")                                     # [B,S,N',H,W]
-    fakes = out.detach() if cfg.detach_expert_scores else out
-    real = None
-    if cfg.expert_scores_from == "d_after_update":                       # D steps first, then re-scores
-        d_loss = discriminator_update(st, loss, cfg, out.detach(), x_r)
-        logits = score(st.discs, fakes)
-    elif cfg.d_update == "joint":                                        # one D forward serves both losses
-        logits, real = score(st.discs, fakes, x_r)
-    else:
-        logits = score(st.discs, fakes)
-    won = winners(st, cfg, x_t, logits)
-    e_loss = expert_update(st, loss, cfg, x_t, logits, won)
-    if cfg.expert_scores_from == "d_before_update":
-        d_loss = discriminator_update(st, loss, cfg, out.detach(), x_r, logits, real)
-    st.history.record(iteration, mechanism, loss.score(logits.detach()), won)
-    finite = torch.isfinite(d_loss) & torch.isfinite(e_loss)
-    st.first_bad.copy_(torch.where(finite, st.first_bad, torch.minimum(st.first_bad, iteration)))
-    st.iteration.add_(1)
+class GatheredUpdate:
+    """The experts' update doing only the algorithm's work (the CPU's eager step): D re-scores each
+    digit's winning output alone (B images per seed, not B x N'), so D's input gradient runs on those;
+    experts that won nothing are left out of the backward (their outputs detached, a host
+    synchronisation). The other experts' backward still covers the whole minibatch: with BatchNorm
+    in train mode every digit's statistics carry gradient. Equal to MaskedUpdate up to round-off."""
 
-
-def winners(st, cfg: StepConfig, x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """One-hot winners [B,S,N'] from the scores `logits` (experts' BatchNorm in train mode: the
-    forward that is trained is the one scored) or, with bn_mode_scoring: eval, from a no-grad forward
-    with running statistics scored by the same D."""
-    if cfg.bn_mode_scoring == "eval":
+    def forward(self, committee: Committee, x_t: torch.Tensor):
+        outputs = committee.outputs(x_t, "batch")                            # S*N' x [B,1,H,W]
+        B, S, H, W = x_t.shape
         with torch.no_grad():
-            logits = score(st.discs, st.committee(x_t, "running"))
+            out = torch.cat(outputs, 1).reshape(B, S, committee.n_experts, H, W)
+        return out, outputs
+
+    def scored(self, out: torch.Tensor) -> torch.Tensor:
+        return out                                  # already detached: the scores carry no graph
+
+    def update(self, st, loss, x_t, outputs, logits, won) -> None:
+        B, S, N = won.shape
+        wins = won.sum(0)                                                    # [S,N']
+        active = (wins > 0).reshape(-1)
+        graphs = [o if a else o.detach() for o, a in zip(outputs, active.tolist())]
+        winner = won.argmax(-1)                                              # [B,S]
+        column = (winner + N * torch.arange(S, device=winner.device)).view(B, S, 1, 1)
+        best = torch.cat(graphs, 1).gather(1, column.expand(B, S, *x_t.shape[2:]))   # [B,S,H,W]
+        per_digit = loss.expert(st.discs.logits(best)) / wins.gather(1, winner.T).T  # mean over its digits
+        grads = torch.autograd.grad(per_digit.sum(), list(st.committee.parameters()), allow_unused=True,
+                                    materialize_grads=True)
+        st.expert_opt.step(grads, active)
+
+
+class PerExampleUpdate:
+    """LICM §3 read literally ("after an expert wins a data point x', its parameters are updated"):
+    one Adam step per digit, in minibatch order, for that digit's winner. Every expert maps the digit
+    (BatchNorm statistics move as in the reference); a Python loop over digits, never captured."""
+
+    @torch.no_grad()
+    def forward(self, committee: Committee, x_t: torch.Tensor):
+        return committee(x_t, "batch"), None
+
+    def scored(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def update(self, st, loss, x_t, outputs, logits, won) -> None:
+        params = list(st.committee.parameters())
+        for b in range(x_t.shape[0]):
+            z = d_logits(st.discs, st.committee(x_t[b:b + 1], "batch"))[0]  # [S,N']
+            lb = (won[b] * loss.expert(z)).sum(1)                            # each seed's winner of digit b
+            st.expert_opt.step(torch.autograd.grad(lb.sum(), params), won[b].reshape(-1) > 0)
+
+
+class NoUpdate:
+    """detach_expert_scores (EXPAND's public code): outputs detached before scoring, the experts never
+    step (their BatchNorm statistics still move)."""
+
+    @torch.no_grad()
+    def forward(self, committee: Committee, x_t: torch.Tensor):
+        return committee(x_t, "batch"), None
+
+    def scored(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def update(self, st, loss, x_t, outputs, logits, won) -> None:
+        pass
+
+
+class JointD:
+    """Alg. 1 line 5, eq. 3: one Adam step of D on the canonical digits (real) and every expert's
+    output (fake, each expert weighted 1/N'); one D forward on [fakes; real] serves the scores too."""
+
+    def logits(self, discs: Discriminators, fakes: torch.Tensor, x_r: torch.Tensor):
+        return d_logits(discs, fakes, x_r)
+
+    def update(self, st, loss, fake: torch.Tensor, real: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
+        d_loss = loss.fake(fake) + loss.real(real)
+        st.disc_opt.step(torch.autograd.grad(d_loss.sum(), list(st.discs.parameters())))
+        loss.after_d_step(st.discs)
+        return d_loss.detach()
+
+
+class FakesThenRealD:
+    """LICM §4's text: D is trained against the experts' outputs, "then" a minibatch of canonical
+    digits updates it: two Adam steps, the second from D after the first."""
+
+    def logits(self, discs: Discriminators, fakes: torch.Tensor, x_r: torch.Tensor):
+        return d_logits(discs, fakes), None
+
+    def update(self, st, loss, fake: torch.Tensor, real, x_r: torch.Tensor) -> torch.Tensor:
+        params = list(st.discs.parameters())
+        fake_loss = loss.fake(fake)
+        st.disc_opt.step(torch.autograd.grad(fake_loss.sum(), params))
+        loss.after_d_step(st.discs)
+        real_loss = loss.real(st.discs.logits(x_r))
+        st.disc_opt.step(torch.autograd.grad(real_loss.sum(), params))
+        loss.after_d_step(st.discs)
+        return (fake_loss + real_loss).detach()
+
+
+def winners_from_scores(st, x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """One-hot winners [B,S,N'] from the logits of the trained forward (BatchNorm in train mode)."""
     return one_hot(logits.detach().argmax(-1), logits.shape[-1], logits.dtype)
 
 
-def expert_update(st, loss, cfg: StepConfig, x_t, logits, won) -> torch.Tensor:
-    """Each winning expert's Adam step on its loss over the digits it won; returns each seed's mean
-    loss over its winning experts [S]. Detached scores (EXPAND's code): no gradient, nobody steps."""
-    wins = won.sum(0)                                                    # [S,N']
-    per_expert = (won * loss.expert(logits)).sum(0) / wins.clamp(min=1)
-    e_loss = per_expert.detach().sum(1) / (wins > 0).sum(1)
-    if cfg.detach_expert_scores:
-        return e_loss
-    params = list(st.committee.parameters())
-    if cfg.expert_update == "minibatch":
-        grads = torch.autograd.grad(per_expert.sum(), params, retain_graph=True)
-        st.expert_opt.step(grads, (wins > 0).reshape(-1))
-        return e_loss
-    losses = []                                                          # per_example, in minibatch order
-    for b in range(x_t.shape[0]):
-        z = score(st.discs, st.committee(x_t[b:b + 1], "batch"))[0]      # [S,N']
-        lb = (won[b] * loss.expert(z)).sum(1)                            # each seed's winner of digit b
-        st.expert_opt.step(torch.autograd.grad(lb.sum(), params), won[b].reshape(-1) > 0)
-        losses.append(lb.detach())
-    return torch.stack(losses).mean(0)
+@torch.no_grad()
+def winners_from_running_stats(st, x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """bn_mode_scoring: eval: winners from a forward with the experts' running statistics, scored by
+    the same D (the update still differentiates the train-mode forward)."""
+    z = d_logits(st.discs, st.committee(x_t, "running"))
+    return one_hot(z.argmax(-1), z.shape[-1], logits.dtype)
 
 
-def discriminator_update(st, loss, cfg: StepConfig, fakes, x_r, fake_logits=None, real_logits=None) -> torch.Tensor:
-    """D's Adam step(s) on eq. 3 (real: canonical digits, fake: every expert's output); returns the
-    loss per seed [S]. `fake_logits`/`real_logits`: D's logits from before its step, when known."""
-    d, params = st.discs, list(st.discs.parameters())
-    if fake_logits is None:
-        fake_logits, real_logits = score(d, fakes, x_r) if cfg.d_update == "joint" else (score(d, fakes), None)
-    if cfg.d_update == "joint":
-        d_loss = loss.fake(fake_logits) + loss.real(real_logits)
-        st.disc_opt.step(torch.autograd.grad(d_loss.sum(), params))
-        loss.after_d_step(d)
-        return d_loss.detach()
-    fake = loss.fake(fake_logits)                                        # fakes_then_real: two steps
-    st.disc_opt.step(torch.autograd.grad(fake.sum(), params))
-    loss.after_d_step(d)
-    real = loss.real(d.logits(x_r))
-    st.disc_opt.step(torch.autograd.grad(real.sum(), params))
-    loss.after_d_step(d)
-    return (fake + real).detach()
+class Step:
+    """One iteration of Alg. 1 for every seed of a licm.state.RunState, everything in place. The
+    variants are chosen here, once: the order (scores from D before or after its update), the
+    experts' update (masked, gathered, per example, none), D's update (joint, fakes then real) and
+    the winners' BatchNorm mode; the iteration itself tests no flag."""
+
+    def __init__(self, cfg: StepConfig, loss):
+        self.loss, self.bf16 = loss, cfg.bf16
+        self.order = self.literal if cfg.expert_scores_from == "d_before_update" else self.dcgan
+        self.d = JointD() if cfg.d_update == "joint" else FakesThenRealD()
+        self.choose = winners_from_scores if cfg.bn_mode_scoring == "train" else winners_from_running_stats
+        if cfg.detach_expert_scores:
+            self.experts = NoUpdate()
+        elif cfg.expert_update == "per_example":
+            self.experts = PerExampleUpdate()
+        else:
+            self.experts = GatheredUpdate() if cfg.expert_gradient == "gathered" else MaskedUpdate()
+
+    def __call__(self, st, data: TrainData, sampler: Sampler) -> None:
+        iteration = st.iteration + 1
+        x_t, mechanism, x_r = minibatch(data, sampler, iteration)
+        with torch.autocast(st.iteration.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            logits, won, d_loss = self.order(st, x_t, x_r)
+        logits = logits.detach()
+        wins = won.sum(0)                                                    # [S,N']
+        e_loss = ((won * self.loss.expert(logits)).sum(0) / wins.clamp(min=1)).sum(1) / (wins > 0).sum(1)
+        st.history.record(iteration, mechanism, self.loss.score(logits), won)
+        finite = torch.isfinite(d_loss) & torch.isfinite(e_loss)
+        st.first_bad.copy_(torch.where(finite, st.first_bad, torch.minimum(st.first_bad, iteration)))
+        st.iteration.add_(1)
+
+    def literal(self, st, x_t: torch.Tensor, x_r: torch.Tensor):
+        """Alg. 1 as written: the scores c_j of line 4 pick the winners and give their gradient
+        (line 6), D's update (line 5) sees the same outputs. Lines 5 and 6 change disjoint parameters
+        and both read the state of line 4: the experts go first, since they read D before its step."""
+        # (1) lines 3-4: every expert maps x'; D scores every output (and, joint, the canonical digits)
+        out, outputs = self.experts.forward(st.committee, x_t)
+        fake, real = self.d.logits(st.discs, self.experts.scored(out), x_r)
+        won = self.choose(st, x_t, fake)
+        # (2) line 6: each winning expert's Adam step on its digits, scored by D before its update
+        self.experts.update(st, self.loss, x_t, outputs, fake, won)
+        # (3) line 5: D's update on the outputs of (1)
+        return fake, won, self.d.update(st, self.loss, fake, real, x_r)
+
+    def dcgan(self, st, x_t: torch.Tensor, x_r: torch.Tensor):
+        """expert_scores_from: d_after_update, as DCGAN-style code re-scores G's outputs: D steps
+        first, then the updated D scores the outputs, picks the winners and gives their gradient."""
+        out, outputs = self.experts.forward(st.committee, x_t)
+        # (1) line 5: D's update on every expert's output
+        fake, real = self.d.logits(st.discs, out.detach(), x_r)
+        d_loss = self.d.update(st, self.loss, fake, real, x_r)
+        # (2) line 4 with the updated D: scores and winners
+        logits = d_logits(st.discs, self.experts.scored(out))
+        won = self.choose(st, x_t, logits)
+        # (3) line 6: each winning expert's Adam step on its digits
+        self.experts.update(st, self.loss, x_t, outputs, logits, won)
+        return logits, won, d_loss
 
 
 # ---------------------------------------------------------------- approximate identity initialisation
@@ -400,7 +521,7 @@ def approximate_identity(st, data: TrainData, sampler: Sampler, max_iterations: 
 # ---------------------------------------------------------------- eager, compiled or captured
 
 class Stepper:
-    """Calls `fn` (one whole iteration, no host synchronisation) eagerly, compiled with
+    """Calls `fn` (one whole iteration; no host synchronisation unless eager) eagerly, compiled with
     torch.compile(fullgraph=True) (CPU), or captured once in a CUDA graph and replayed (CUDA: the
     first WARMUP calls run eagerly on a side stream, so cuDNN and the allocator settle first)."""
 
@@ -446,3 +567,9 @@ def step_mode(choice, device: torch.device, cfg: StepConfig) -> tuple[str, str]:
     if choice == "off" or (choice == "auto" and device.type != "cuda"):
         return "eager", f"train.compile: {choice}"
     return ("graph" if device.type == "cuda" else "compiled"), f"train.compile: {choice}"
+
+
+def expert_gradient(mode: str) -> str:
+    """The experts' gradient for a step mode: `gathered` (the algorithm's work only) where the step
+    runs eagerly, `masked` where it is compiled or captured (no host synchronisation allowed)."""
+    return "gathered" if mode == "eager" else "masked"

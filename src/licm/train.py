@@ -3,7 +3,7 @@
 Several seeds train together in one process and one batched network (licm.models: groups = seeds
 x experts), each seed with its own initialisation, minibatches, winners and Adam state, and each
 written to its own run folder (licm.rundir.RunDir) exactly as if it had trained alone; a seed
-resumes alone or in any batch. The iteration itself is licm.step.train_step; `run_batch` below is
+resumes alone or in any batch. The iteration itself is licm.step.Step; `run_batch` below is
 the loop: sample-and-step, pull the history, evaluate, checkpoint.
 
 Choices where the papers are silent are parameters (params.yaml `train:` documents each one).
@@ -29,14 +29,14 @@ from licm import config, data, paths
 from licm.config import LicmError
 from licm.rundir import RunDir
 from licm.state import RunState
-from licm.step import (NEVER, Sampler, StepConfig, Stepper, TrainData, approximate_identity, compete, make_loss,
-                       step_mode, train_step)
+from licm.step import (NEVER, Sampler, Step, StepConfig, Stepper, TrainData, approximate_identity, compete,
+                       expert_gradient, make_loss, step_mode)
 
 # What `implementation: auto` picks per device type: (layout, channels_last), from
-# benchmarks/bench_committee.py (benchmarks/results/engine-cpu.json, benchmarks/README.md). CPU (2
-# cores, torch 2.14): the loop over experts with channels_last convolutions, the fastest eager layout
-# (706/1228/1911 ms per iteration at N' = 6/10/16 vs 842/1249/2002 grouped). CUDA: grouped convolutions, one launch per layer for the
-# whole batch of seeds x experts (ENGINE.md, H100).
+# benchmarks/bench_committee.py (benchmarks/results/engine-cpu-layouts.json, benchmarks/README.md).
+# CPU (2 cores, torch 2.14): the loop over experts with channels_last convolutions, the fastest eager
+# layout (706/1228/1911 ms per iteration at N' = 6/10/16 vs 842/1249/2002 grouped). CUDA: grouped
+# convolutions, one launch per layer for the whole batch of seeds x experts (ENGINE.md, H100).
 AUTO_IMPLEMENTATION = {"cpu": ("loop", True), "cuda": ("vectorized", False)}
 
 
@@ -54,7 +54,7 @@ def set_numerics(t: dict, device: torch.device) -> None:
     Without deterministic kernels a GPU run can differ from a re-run of itself (atomic adds, cuDNN
     autotuning), and the competition amplifies such round-off into a different winner; with them,
     re-runs on the same GPU and software repeat exactly, at some cost in speed. CPU runs are
-    deterministic either way. precision applies on CUDA only (TF32 matrix products/convolutions)."""
+    deterministic either way. tf32 applies on CUDA only; bf16 (autocast) is the step's (`precision`)."""
     if t["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if t["deterministic"] != torch.are_deterministic_algorithms_enabled():   # (the call imports torch._dynamo: 2 s)
@@ -264,9 +264,10 @@ def run_batch(params: dict, seeds: list[int], dirs: list[RunDir], device: torch.
     set_numerics(t, device)
     train_data, names, ev = load_data(params, device, dtype)
     layout, channels_last = resolve_implementation(t["implementation"], device)
-    cfg = replace(StepConfig.from_params(params), bf16=device.type == "cuda" and t["precision"] == "bf16")
+    cfg = replace(StepConfig.from_params(params), bf16=t["precision"] == "bf16")
     loss, sampler = make_loss(t), Sampler(seeds, t["batch_size"], device)
     mode, why = step_mode(t["compile"], device, cfg)
+    cfg = replace(cfg, expert_gradient=expert_gradient(mode))
     meta = run_meta(seeds, device, layout, channels_last, mode, t)
     hist = HostHistory(len(seeds), t["log_every"], names, params["model"]["experts"])
     if fresh:
@@ -275,8 +276,9 @@ def run_batch(params: dict, seeds: list[int], dirs: list[RunDir], device: torch.
     else:
         st = resume(params, dirs, hist, device, layout, channels_last, meta, progress, dtype)
     start = last_checkpoint = int(st.iteration)
-    step = Stepper(partial(train_step, st, train_data, sampler, cfg, loss), mode, device)
-    progress.message(f"step: {mode} ({why}); {layout} layout{', channels_last' if channels_last else ''}")
+    step = Stepper(partial(Step(cfg, loss), st, train_data, sampler), mode, device)
+    progress.message(f"step: {mode} ({why}), {cfg.expert_gradient} expert gradient; {layout} layout"
+                     f"{', channels_last' if channels_last else ''}; {precision(t, device)}")
     progress.start("iteration", T, start)
     for it in range(start + 1, T + 1):
         step()
@@ -327,9 +329,14 @@ def resume(params, dirs, hist, device, layout, channels_last, meta, progress, dt
     return st
 
 
+def precision(t: dict, device: torch.device) -> str:
+    """The arithmetic a run uses: train.precision, except that a CPU has no TF32 (fp32 instead)."""
+    return "fp32" if t["precision"] == "tf32" and device.type != "cuda" else t["precision"]
+
+
 def run_meta(seeds, device, layout, channels_last, mode, t) -> dict:
     meta = {"batch": list(seeds), "device": str(device), "implementation": layout, "channels_last": channels_last,
-            "step": mode, "precision": t["precision"] if device.type == "cuda" else "fp32",
+            "step": mode, "expert_gradient": expert_gradient(mode), "precision": precision(t, device),
             "deterministic": t["deterministic"], "torch": torch.__version__, "python": platform.python_version(),
             "git_commit": config.git_commit(), "started": config.now(), "resumed": [],
             "cpu": config.cpu_info(), "threads": torch.get_num_threads()}
