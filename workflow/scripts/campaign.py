@@ -74,10 +74,19 @@ class State:
         self.data.setdefault("seeds", {})
         self.data.setdefault("equivalence", {})
 
+    def target(self) -> str:
+        """The target commit as `make campaign` last set it (on disk: it may move while a driver runs)."""
+        self.save()
+        return self.data["target"]
+
     def seed(self, k: int) -> dict:
         return self.data["seeds"].setdefault(str(k), {"attempts": []})
 
-    def save(self) -> None:
+    def save(self, retarget: bool = False) -> None:
+        """Write atomically. Unless `retarget` (`make campaign` moving it), the target commit on disk
+        wins: a running driver picks up a new target for its next new seed."""
+        if not retarget and self.path.is_file() and "target" in (disk := json.loads(self.path.read_text())):
+            self.data["target"] = disk["target"]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
@@ -155,7 +164,7 @@ def published(work: Path, state: State, k: int) -> Path:
 def train_seed(state: State, work: Path, k: int) -> bool:
     """Train (or resume) seed k at its commit; True when its metrics.json exists."""
     entry = state.seed(k)
-    commit = entry.get("commit") or state.data["target"]
+    commit = entry.get("commit") or state.target()
     repo = ensure_clone(work, commit)
     if not entry.get("commit"):
         if not equivalence_passes(state, repo, commit):
@@ -181,7 +190,7 @@ def train_seed(state: State, work: Path, k: int) -> bool:
 
 def publish_seed(state: State, work: Path, k: int) -> bool:
     """Evaluate seed k (paper classifier) and publish its compact results into the work tree, committed."""
-    repo = ensure_clone(work, state.data["target"])
+    repo = ensure_clone(work, state.target())
     rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=TRAIN_RULES), "--",
                    f"results/eval/{EXPERIMENT}/seed{k}.json")
     if rc:
@@ -300,7 +309,7 @@ def run(work: Path, no_report: bool = False) -> int:
 
 
 def report(state: State, work: Path) -> int:
-    repo = ensure_clone(work, state.data["target"])
+    repo = ensure_clone(work, state.target())
     for k in seeds(work):
         restore(state, work, k)
     rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, "evaluate")), "--", "report")
@@ -339,7 +348,8 @@ def init_state(state: State, work: Path, retarget: bool) -> str:
     state.data.setdefault("created", now())
     if retarget or "target" not in state.data:
         state.data["target"] = head
-    state.save()
+    state.save(retarget=retarget or "target" not in json.loads(state.path.read_text() if state.path.is_file()
+                                                                  else "{}"))
     return state.data["target"]
 
 
