@@ -20,7 +20,8 @@ from licm.config import LicmError
 COMMANDS = {"data": "data", "train": "train", "figures": "figures", "classifier": "classifier",
             "evaluate": "evaluate", "omniglot": "omniglot", "summarize": "summary", "report": "report",
             "plan": "pipeline", "collect": "pipeline", "dvc-yaml": "stages", "standalone": "standalone",
-            "publish": "publish"}
+            "publish": "publish", "composition": "composition", "independence": "independence",
+            "genericity": "genericity"}
 # Modules that own commands, in `licm --help` order; each defines register(subparsers).
 STAGE_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 # Set by the Snakefile for its jobs (workflow/rules/common.smk): the profile Snakemake resolved.

@@ -37,6 +37,10 @@ STAGE_KEYS: dict[str, tuple[str, ...] | None] = {
     # the rest comes from the run's own params.json (a dependency through the run folder)
     "evaluate": ("device",),
     "omniglot": ("data.raw_dir", "data.omniglot_archive", "mechanisms", "omniglot", "figures"),
+    # beyond the papers (issue 18): analyses of finished runs
+    "composition": ("data.raw_dir", "data.omniglot_archive", "omniglot", "figures", "composition"),
+    "independence": ("figures", "independence"),
+    "genericity": ("figures", "genericity"),
     "figures_runs": None,
     "summarize": None,
     "report": None,

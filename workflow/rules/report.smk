@@ -31,6 +31,7 @@ rule summarize:
         rules.evaluate_all.input,
         rules.classifier.output.metrics,
         rules.omniglot.output[2],
+        rules.composition.output[0],
         code("summarize"),
     output:
         "results/summary.json",
@@ -51,6 +52,9 @@ rule html_report:
         FIGURES_DATA,
         rules.omniglot.output,
         rules.figures_runs.output,
+        rules.composition.output,
+        rules.independence.output,
+        rules.genericity.output,
         rules.train_all.input,
         rules.classifier.output.metrics,
         code("html_report"),
