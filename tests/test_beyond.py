@@ -143,3 +143,34 @@ def test_stages_without_a_run_write_placeholders(tiny, tmp_path):
         assert main(argv) == 0
         assert json.loads((tmp_path / command / f"{command}.json").read_text())["not_run"] is True
     assert len(list((tmp_path / "fig").glob("*.png"))) == 6
+
+
+def test_c9_uses_the_composition_numbers(tmp_path):
+    """licm-c9: all but one mechanism restored on Omniglot and the experts compose -> reproduced (at
+    paper scale); the same restoration with a composition below the threshold -> partly."""
+    from licm import summary
+
+    run = tmp_path / "runs" / "main" / "seed0"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "main" / "experiment.json").write_text(json.dumps(
+        {"experiment": "main", "profile": "paper", "selected": True, "seeds": [0]}))
+    (run / "metrics.json").write_text(json.dumps({"iterations": 2000, "mechanisms": [f"m{i}" for i in range(10)],
+                                                  "win_matrix": np.eye(10).tolist(), "top_expert": list(range(10)),
+                                                  "top_share": [1.0] * 10, "distinct_winners": 10,
+                                                  "fully_specialized": True}))
+    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml", profile="paper")
+    main = summary.Experiment("main", tmp_path / "runs", tmp_path / "eval", params)
+    restoration = {"run": str(run), "restored": 9, "mechanisms": 10}
+
+    def comp(eff: float) -> dict:
+        result = {"efficiency": {"efficiency": eff, "ci95": [eff - 0.05, eff + 0.05], "pairs": 66, "digits": 256},
+                  "efficiency_threshold": 0.9, "blind": {"blind_over_oracle": 0.5},
+                  "triple": {"digits": 1000, "letters": 256, "orders": [
+                      {"licm_order": True, "accuracy": [0.1, 0.5, 0.8, 0.95], "mse_ratio_letters": 0.3}]}}
+        result["report"] = composition.composes(result)
+        return result
+
+    good = summary.claim_c9(restoration, comp(0.97), main)
+    assert good["verdict"] == "reproduced" and "0.970 [0.920, 1.020]" in str(good["numbers"])
+    assert summary.claim_c9(restoration, comp(0.6), main)["verdict"] == "partly reproduced"
+    assert "not measured" in summary.claim_c9(restoration, None, main)["note"]
