@@ -295,8 +295,10 @@ def sentence(result: dict, alpha: float) -> str:
     if io:
         last = io["steps"][-1]
         frac = (last["rho"] - 1) / (io["rho_reference"] - 1) if io["rho_reference"] != 1 else float("nan")
+        more = (" (past the reference: the outputs carry less high-frequency power than the true digits, smoother "
+                "than a restoration)" if frac > 1.1 else "")
         parts.append(f"The denoising winners reach rho_io {last['rho']:.2f} against the reference {io['rho_reference']:.2f} "
-                     f"({100 * frac:.0f}% of the way from the identity's 1).")
+                     f"of the same digits, {100 * frac:.0f}% of the way from the identity's 1{more}.")
     differ = _differing_layers(result, alpha)
     if differ:
         parts.append(f"Trained layers differ from their nulls in: {', '.join(differ)}.")
