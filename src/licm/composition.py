@@ -323,7 +323,6 @@ def blind(rows: list[dict], res: dict, names, experts: Experts, assigned, n: int
 
 def analyze(run_dir: Path, params: dict, classifier_path: Path) -> tuple[dict, dict]:
     from licm.classifier import load_classifier, mnist_padded
-    from licm.omniglot import load_letters
     from licm.rundir import RunDir
 
     c = params["composition"]
@@ -336,8 +335,7 @@ def analyze(run_dir: Path, params: dict, classifier_path: Path) -> tuple[dict, d
     n_max = max(c["pair_digits"], c["triple_digits"], c["matrix_digits"])
     rows_idx = rng.choice(len(originals), n_max, replace=False)
     digits, digit_labels = originals[rows_idx], labels[rows_idx]
-    letters = load_letters({**params, "omniglot": params["omniglot"]}, max(c["pair_letters"], c["triple_letters"]),
-                           c["seed"])
+    letters = many_letters(params, max(c["pair_letters"], c["triple_letters"]), c["seed"])
     experts = Experts(run)
     seconds = {}
     t = time.perf_counter()
@@ -369,6 +367,17 @@ def analyze(run_dir: Path, params: dict, classifier_path: Path) -> tuple[dict, d
     result["report"] = report_numbers(result)
     result["sentence"] = sentence(result)
     return rounded(result), seconds
+
+
+def many_letters(params: dict, n: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """n Omniglot letters in chunks of distinct characters (licm.omniglot.load_letters draws each letter
+    from another character, and the paper's background_small1 archive has 136), each chunk its own
+    seed: beyond one chunk a character may come back, as another drawing (mostly)."""
+    from licm.omniglot import load_letters
+
+    parts = [load_letters(params, min(chunk, n - start), seed * 1000 + i)
+             for i, start in enumerate(range(0, n, chunk))]
+    return np.concatenate(parts) if parts else load_letters(params, 0, seed)
 
 
 def _licm_order(result: dict) -> dict:
