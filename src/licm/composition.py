@@ -451,8 +451,10 @@ def sentence(result: dict) -> str:
         how = "compose better than independent errors predict"
     else:
         how = "compose as if their errors were independent (the interval contains 1)"
-    blind_text = ("the blind multi-pass picks its experts well" if (b["blind_over_oracle"] or 0) >= 0.9 else
-                  "the blind multi-pass falls short of the oracle")
+    ratio = b["blind_over_oracle"]
+    blind_text = ("the blind multi-pass (experts picked by D) matches the oracle's order" if ratio and 0.9 <= ratio <= 1.1
+                  else "the blind multi-pass (experts picked by D) beats the oracle, whose experts restore little here"
+                  if ratio and ratio > 1.1 else "the blind multi-pass (experts picked by D) falls short of the oracle")
     return (f"The experts {how}: efficiency {e['efficiency']:.2f} [{lo_ci:.2f}, {hi_ci:.2f}] over {e['pairs']} lossless "
             f"pairs; the Fig. 8 triple in LICM's order takes accuracy from {lo['accuracy'][0]:.2f} to "
             f"{lo['accuracy'][-1]:.2f} and the letters' MSE ratio to {lo['mse_ratio_letters']:.2f}; {blind_text} "

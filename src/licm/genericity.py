@@ -348,8 +348,8 @@ def figure_layers(result: dict, out: Path, dpi: int) -> Path:
         ax.set_title(f"conv {r['layer']}", fontsize=9)
         ax.set_xlabel("log10 SDR of (filter, input map)")
     axes[0][0].set_ylabel("share of pairs")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("BSV Fig. 5 rebuilt on the inverse experts: trained vs init and pair-shuffle nulls", fontsize=9)
+    axes[0][-1].legend(fontsize=7)          # the last conv has every arm (the first has one input map: no shuffle)
+    fig.suptitle("BSV Fig. 5 rebuilt on the inverse experts: trained vs init and pair-shuffle nulls", fontsize=9, y=1.04)
     return save_figure(fig, out, dpi)
 
 
