@@ -326,7 +326,8 @@ def test_params_mutations_agree(repo):
                 # (figures, summary and report read all params: cheap, re-run on any change)
                 assert stale == {"classifier", "figures_runs", "summarize", "report"}, stale
                 assert {r for r, _ in ran_jobs(text)} == {"plan", "classifier", "evaluate", "collect_evaluations",
-                                                          "figures_runs", "summarize", "html_report", "report"}
+                                                          "composition", "figures_runs", "summarize", "html_report",
+                                                          "report"}
             (repo / "params.yaml").write_text(base)
 
         # The classifier change for real, under DVC (two evaluation stages: an experiment the profile
@@ -341,7 +342,7 @@ def test_params_mutations_agree(repo):
         assert json.loads((repo / "results/classifier/metrics.json").read_text())["params"]["lr"] == 0.002
         assert set(json.loads(sh("dvc status --json", repo).stdout)) == \
             {f"evaluate@{n}" for n in yaml.safe_load(base)["experiments"]} - {"evaluate@main", "evaluate@wide_64"} | \
-            {"figures_runs", "summarize", "report"}
+            {"composition", "figures_runs", "summarize", "report"}
     finally:
         # Back to the committed state: lock and plans from git (DVC autostages dvc.lock, hence
         # HEAD), outputs from the DVC cache.

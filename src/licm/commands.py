@@ -6,7 +6,8 @@ it). A new command: one entry here, and `register(subparsers)` in its module.
 COMMANDS = {"data": "data", "train": "train", "figures": "figures", "classifier": "classifier",
             "evaluate": "evaluate", "omniglot": "omniglot", "summarize": "summary", "report": "report",
             "plan": "pipeline", "collect": "records", "dvc-yaml": "dvcyaml", "publish": "publish",
-            "publish-seed": "publish"}
+            "publish-seed": "publish", "composition": "composition", "independence": "independence",
+            "genericity": "genericity"}
 # Modules that own commands, in `licm --help` order; each defines register(subparsers).
 MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

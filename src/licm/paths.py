@@ -32,6 +32,12 @@ TEMPLATES = {
     "figure": "figures/{figure}.png",
     "omniglot": "omniglot",
     "restoration": "omniglot/restoration.json",
+    "composition": "composition",
+    "composition_json": "composition/composition.json",
+    "independence": "independence",
+    "independence_json": "independence/independence.json",
+    "genericity": "genericity",
+    "genericity_json": "genericity/genericity.json",
     "summary": "summary.json",
     "report": "report",
     "report_page": "report/index.html",
@@ -43,6 +49,10 @@ RUN_FIGURES = ("licm-fig1", "licm-fig2", "licm-fig3", "licm-fig4", "licm-fig5", 
                "licm-table1", "expand-fig3", "expand-fig4", "expand-fig5", "expand-fig6", "expand-fig7",
                "expand-fig8", "expand-fig9", "fidelity")
 OMNIGLOT_FIGURES = ("licm-fig7", "licm-fig8")
+# Beyond the papers (licm composition, independence, genericity).
+COMPOSITION_FIGURES = ("cmp-pairs", "cmp-matrix")
+INDEPENDENCE_FIGURES = ("wc-independence",)
+GENERICITY_FIGURES = ("bsv-io", "bsv-fig5", "bsv-fig2", "bsv-fig3")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -56,4 +66,5 @@ def result(kind: str, root: str | Path = RESULTS, folder: str | Path | None = No
     return f"{Path(root).as_posix()}/{rel}"
 
 
-__all__ = ["RESULTS", "TEMPLATES", "DATA_FIGURES", "RUN_FIGURES", "OMNIGLOT_FIGURES", "result"]
+__all__ = ["RESULTS", "TEMPLATES", "DATA_FIGURES", "RUN_FIGURES", "OMNIGLOT_FIGURES", "COMPOSITION_FIGURES",
+           "INDEPENDENCE_FIGURES", "GENERICITY_FIGURES", "result"]

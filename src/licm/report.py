@@ -28,7 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from licm import config, data, paths
+
+from licm import beyond, config, data, paths
 from licm.data import read_json
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "reduced scale", "not run")
@@ -215,6 +216,8 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
         "follow": {"question": FOLLOW_UP_TEXT, "verdict": follow.get("verdict"), "note": follow.get("note", ""),
                    "numbers": {k: _fmt(v) for k, v in (follow.get("numbers") or {}).items()}},
         "follow_up_id": FOLLOW_UP_ID, "fidelity": fidelity,
+        # "Beyond the papers": the analyses' JSON beside the summary (results/<analysis>/), licm.beyond
+        "beyond": beyond.report_context(summary_path.parent, figures_dir, assets),
     }
 
 

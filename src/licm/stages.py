@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from licm import config
-from licm.paths import DATA_FIGURES, OMNIGLOT_FIGURES, RUN_FIGURES, result
+from licm.paths import (COMPOSITION_FIGURES, DATA_FIGURES, GENERICITY_FIGURES, INDEPENDENCE_FIGURES, OMNIGLOT_FIGURES,
+                        RUN_FIGURES, result)
 
 DOMAINS = ("paper", "expanded")
-# The experiment whose committee is shown on Omniglot (LICM §5.3: the main experiment).
+# The experiment whose committee is shown on Omniglot (LICM §5.3: the main experiment), and whose
+# typical seed the composition and genericity analyses read.
 OMNIGLOT_EXPERIMENT = "main"
 
 
@@ -81,6 +83,9 @@ ARTIFACTS: dict[str, Artifact] = {
     "classifier_metrics": Artifact((result("classifier_metrics"),), lambda p: [result("classifier_metrics")]),
     "restoration": Artifact((result("restoration"),), lambda p: [result("restoration")]),
     "summary": Artifact((result("summary"),), lambda p: [result("summary")]),
+    "composition": Artifact((result("composition"),), lambda p: [result("composition_json")]),
+    "independence": Artifact((result("independence"),), lambda p: [result("independence_json")]),
+    "genericity": Artifact((result("genericity"),), lambda p: [result("genericity_json")]),
     "figures": Artifact((result("figures"),), lambda p: [f for s in STAGES for f in s.outs
                                                          if f.startswith(result("figures") + "/")]),
 }
@@ -178,17 +183,39 @@ record of them (results/eval/<exp>/experiment.json, also for experiments not run
           outs=(*figures(OMNIGLOT_FIGURES), result("restoration")),
           keys=("data.raw_dir", "data.omniglot_archive", "mechanisms", "omniglot", "figures"),
           doc="Omniglot generalization (LICM Fig. 7, 8) of one finished seed of experiment main."),
+    Stage("composition", {"composition": f"composition --experiment {OMNIGLOT_EXPERIMENT} --runs {result('runs')} "
+                                         f"--classifier {result('classifier_model')} --out {result('composition')} "
+                                         f"--figures {result('figures')}"},
+          deps=(f"runs/{OMNIGLOT_EXPERIMENT}", "omniglot_archive", "mnist", "classifier_model"),
+          outs=(result("composition_json"), *figures(COMPOSITION_FIGURES)),
+          keys=("data.raw_dir", "data.omniglot_archive", "omniglot", "figures", "composition"),
+          dvc={"outs": [result("composition")]},
+          doc="""\
+Beyond the papers, one stage per analysis of finished runs (no training): the composition of the
+inverse experts (LICM Fig. 8 made quantitative) on the typical seed of experiment main."""),
+    Stage("independence", {"independence": f"independence --runs {result('runs')} --out {result('independence')} "
+                                           f"--figures {result('figures')}"},
+          deps=("runs",), outs=(result("independence_json"), *figures(INDEPENDENCE_FIGURES)),
+          keys=("figures", "independence"), dvc={"outs": [result("independence")]},
+          doc="Winning expert vs digit class given the mechanism, every finished run (permutation null)."),
+    Stage("genericity", {"genericity": f"genericity --experiment {OMNIGLOT_EXPERIMENT} --runs {result('runs')} "
+                                       f"--out {result('genericity')} --figures {result('figures')}"},
+          deps=(f"runs/{OMNIGLOT_EXPERIMENT}", "prepared_test", "mnist"),
+          outs=(result("genericity_json"), *figures(GENERICITY_FIGURES)),
+          keys=("figures", "genericity"), dvc={"outs": [result("genericity")]},
+          doc="Spectral genericity (Besserve et al.) of the mechanisms and of the typical seed of main."),
     Stage("figures_runs", {"figures_runs": f"figures runs --out {result('figures')}"},
           deps=("runs", "evals", "prepared_test"), outs=figures(RUN_FIGURES),
           doc="""\
 Figures of runs and evaluations: every ID of licm.paths.RUN_FIGURES (placeholders where
 the profile did not run the experiment)."""),
     Stage("summarize", {"summarize": f"summarize --out {result('summary')}"},
-          deps=("runs", "evals", "classifier_metrics", "restoration"), outs=(result("summary"),),
+          deps=("runs", "evals", "classifier_metrics", "restoration", "composition"), outs=(result("summary"),),
           dvc={"metrics": [{result("summary"): {"cache": False}}]},
           doc="Numbers and verdict per claim ID (in git: `dvc metrics show`, `dvc metrics diff`)."),
     Stage("report", {"html_report": f"report --out {result('report')}"},
-          deps=("summary", "figures", "runs", "classifier_metrics"), outs=(result("report_page"),),
+          deps=("summary", "figures", "runs", "classifier_metrics", "composition", "independence", "genericity"),
+          outs=(result("report_page"),),
           dvc={"outs": [result("report")]}, doc="The HTML report: results/report/index.html (+ assets/)."),
 )
 

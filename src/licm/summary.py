@@ -222,20 +222,37 @@ def claim_c8(exp: Experiment) -> dict:
                                             "whether the clusters are meaningful is for the reader (listed).")
 
 
-def claim_c9(restoration: dict | None, main: Experiment) -> dict:
+def claim_c9(restoration: dict | None, composition: dict | None, main: Experiment) -> dict:
+    """Generalization (Fig. 7: each assigned expert restores Omniglot letters of its mechanism) and
+    composition, from `licm composition` (licm.composition: efficiency over the lossless pairs of
+    mechanisms, the Fig. 8 triple on digits and letters; threshold in params.yaml, ours)."""
     if restoration is None or restoration.get("not_run"):
         return _entry([main], {}, "not run", "") if not main.ran else \
             {"numbers": {}, "verdict": "not run", "note": "licm omniglot has not run"}
     k, M = restoration["restored"], restoration["mechanisms"]
-    mse = restoration["combined"]["mse"]
-    numbers = {"run": restoration["run"], "mechanisms restored on Omniglot": f"{k}/{M}",
-               "combined (Fig. 8): MSE to ground truth, input then after each expert": [round(x, 4) for x in mse]}
-    composed = mse[-1] < mse[0]
+    numbers = {"run": restoration["run"], "mechanisms restored on Omniglot": f"{k}/{M}"}
+    if composition is None or composition.get("not_run"):
+        composed, how = False, "licm composition has not run, so composition is not measured"
+    else:
+        e, test = composition["efficiency"], composition["report"]
+        licm_order = next(r for r in composition["triple"]["orders"] if r["licm_order"])
+        numbers.update({
+            f"composition efficiency, {e['pairs']} lossless pairs x {e['digits']} digits (95% CI)":
+                f"{e['efficiency']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]",
+            f"Fig. 8 triple, LICM order, {composition['triple']['digits']} digits: accuracy input -> restored":
+                f"{licm_order['accuracy'][0]:.3f} -> {licm_order['accuracy'][-1]:.3f}",
+            f"Fig. 8 triple, LICM order, {composition['triple']['letters']} letters: MSE ratio":
+                round(licm_order["mse_ratio_letters"], 4),
+            "blind multi-pass / oracle accuracy": composition["blind"]["blind_over_oracle"]})
+        composed = test["composes"]
+        how = (f"the experts compose when the efficiency reaches {composition['efficiency_threshold']} (our threshold) and "
+               f"the Fig. 8 triple in LICM's order lowers the letters' MSE and raises the digits' accuracy "
+               f"(here: {', '.join(f'{c} {ok}' for c, ok in test['checks'].items())})")
     verdict = ("reproduced" if k >= M - 1 and composed else "partly reproduced" if k >= M // 2 or composed
                else "not reproduced")
     return _entry([main], numbers, verdict, "Rule: restored = the assigned expert's output is closer (MSE) to the "
                                             "true letter than its input; reproduced if all but at most one mechanism "
-                                            "are restored and the composition lowers the error.")
+                                            f"are restored and the experts compose; {how}.")
 
 
 def claim_expand_c1(main: Experiment, detach: Experiment) -> dict:
@@ -314,7 +331,7 @@ def follow_up(main: Experiment, expanded: Experiment, detach: Experiment) -> dic
 # ---------------------------------------------------------------- the file
 
 def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: Path, restoration: Path,
-              paper: dict | None = None) -> dict:
+              composition: Path = Path(paths.result("composition_json")), paper: dict | None = None) -> dict:
     from licm import fidelity   # imports this module
 
     exps = {name: Experiment(name, runs_dir, eval_dir, params, paper) for name in params["experiments"]}
@@ -328,7 +345,7 @@ def summarize(params: dict, runs_dir: Path, eval_dir: Path, classifier_metrics: 
         "licm-c6": claim_c6(get("canonical_64")),
         "licm-c7": claim_c7(get("experts_16")),
         "licm-c8": claim_c8(get("experts_6")),
-        "licm-c9": claim_c9(read_json(restoration), get("main")),
+        "licm-c9": claim_c9(read_json(restoration), read_json(composition), get("main")),
         "expand-c1": claim_expand_c1(get("main"), get("detach_scores")),
         "expand-c2": claim_expand_c2(get("main"), [get(n) for n in ("expand_wasserstein", "expand_ttur",
                                                                      "expand_label_smoothing")]),
@@ -349,7 +366,7 @@ def _cmd_summarize(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     params = config.load(args.params, profile=args.profile)
     result = summarize(params, Path(args.runs), Path(args.eval), Path(args.classifier), Path(args.omniglot),
-                       config.paper_params(args.params))
+                       Path(args.composition), config.paper_params(args.params))
     data.atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     verdicts = [v["verdict"] for k, v in result.items() if not k.startswith("_") and k not in NOT_CLAIMS]
     tally = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
@@ -363,4 +380,5 @@ def register(sub) -> None:
     p.add_argument("--eval", default=paths.result("evals"), help="default: %(default)s")
     p.add_argument("--classifier", default=paths.result("classifier_metrics"), help="default: %(default)s")
     p.add_argument("--omniglot", default=paths.result("restoration"), help="default: %(default)s")
+    p.add_argument("--composition", default=paths.result("composition_json"), help="default: %(default)s")
     p.set_defaults(func=_cmd_summarize)

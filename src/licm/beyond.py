@@ -1,0 +1,153 @@
+"""What the three analyses beyond the papers share: rounding for byte-stable JSON, picking the run
+they look at, saving a figure, and the report section "Beyond the papers" read from their JSON.
+
+The analyses themselves live in licm.composition (LICM Fig. 8 made quantitative), licm.independence
+(winner vs class given mechanism) and licm.genericity (BSV's spectral density ratio). This module
+imports none of them, torch nor matplotlib at module level, so the report stage stays light and an
+edit to one analysis re-runs only that analysis and the report.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from licm.config import LicmError
+from licm.data import read_json
+
+# The analyses' JSON files, relative to the results folder (written by their `licm` commands).
+RESULTS = {"composition": "composition/composition.json", "independence": "independence/independence.json",
+           "genericity": "genericity/genericity.json"}
+FIGURES = {"composition": ["cmp-pairs", "cmp-matrix"], "independence": ["wc-independence"],
+           "genericity": ["bsv-io", "bsv-fig5", "bsv-fig2", "bsv-fig3"]}
+
+
+def rounded(value, digits: int = 6):
+    """Floats to `digits` significant digits, recursively (NaN -> None): the JSON then does not carry
+    the last bits, which differ with the number of threads torch uses (README: 1 and 2 threads differ)."""
+    if isinstance(value, dict):
+        return {str(k): rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        if not math.isfinite(v):
+            return None
+        return float(f"{v:.{digits}g}")
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """Write a figure atomically with fixed PNG metadata (bytes stable), as licm.figures.save does,
+    without importing licm.figures (the analyses would then depend on every figure's code)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from licm.data import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def shown_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
+    """The run an analysis of one run looks at: the first finished seed of the experiment's record that
+    is fully specialized, else the one with most mechanisms won by distinct experts (the typical
+    seed licm.figures shows), and why. A LicmError when the experiment has no finished run."""
+    from licm.rundir import experiment_runs
+
+    finished = {s: r for s, r in sorted(experiment_runs(runs_dir, experiment).items()) if r.is_finished()}
+    if not finished:
+        raise LicmError(f"{experiment}: no finished run under {runs_dir}. Fix: train it (`licm train`) and record it "
+                        f"(`licm collect --experiment {experiment}`)")
+    metrics = {s: r.metrics() for s, r in finished.items()}
+    full = [s for s, m in metrics.items() if m.get("fully_specialized")]
+    if full:
+        return finished[full[0]].path, f"seed {full[0]}: first fully specialized seed"
+    best = max(metrics, key=lambda s: (metrics[s].get("distinct_winners", 0), -s))
+    return finished[best].path, (f"seed {best}: most mechanisms won by distinct experts "
+                                 f"({metrics[best].get('distinct_winners')}); no seed fully specialized")
+
+
+def assignment(metrics: dict) -> list[int]:
+    """Mechanism -> expert: the expert winning the largest share of each mechanism (the run's win matrix)."""
+    return [int(e) for e in np.asarray(metrics["win_matrix"]).argmax(axis=1)]
+
+
+def plain_experts(committee) -> list:
+    """The committee of one seed as plain licm.models.Expert modules (the inverse of Committee.copy_from),
+    so that each conv's input maps can be read with a hook."""
+    import torch
+
+    from licm.models import Expert, _bns, _convs
+
+    cfg, w = committee.config, committee.width
+    experts = []
+    with torch.no_grad():
+        for j in range(committee.n_experts):
+            e = Expert(w, cfg["hidden_layers"], cfg["receptive_field"])
+            for i, (conv, bn) in enumerate(zip(_convs(e)[:-1], _bns(e))):
+                conv.weight.copy_(committee.convs[i].weight[j * w:(j + 1) * w])
+                src = committee.bns[i]
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(bn, key).copy_(getattr(src, key)[j * w:(j + 1) * w])
+            _convs(e)[-1].weight.copy_(committee.out.weight[j:j + 1])
+            _convs(e)[-1].bias.copy_(committee.out.bias[j:j + 1])
+            experts.append(e.eval())
+    return experts
+
+
+def placeholder(path: Path, figure_id: str, reason: str, dpi: int) -> Path:
+    """A labelled placeholder figure (the pipeline declares every figure as an output)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 0.6))
+    fig.text(0.01, 0.98, f"{figure_id}: not drawn (placeholder)\n\nmissing: {reason}", ha="left", va="top", fontsize=9)
+    return save_figure(fig, path, dpi)
+
+
+def report_context(results_dir: Path, figures_dir: Path, assets: Path) -> list[dict]:
+    """The report's section "Beyond the papers": per analysis its sentence, its numbers (the `report`
+    block its stage wrote) and its figures, or what is missing."""
+    from licm.report import copy_figure
+
+    blocks = []
+    titles = {"composition": "Composition of the inverse experts (LICM Fig. 8 made quantitative, §2 'can be combined')",
+              "independence": "Independence of winning expert and digit class, given the mechanism",
+              "genericity": "Spectral genericity of mechanisms and experts (Besserve et al.)"}
+    for name, rel in RESULTS.items():
+        result = read_json(results_dir / rel)
+        figures = [f for f in (copy_figure(figures_dir / f"{fid}.png", assets) for fid in FIGURES[name]) if f]
+        if result is None:
+            blocks.append({"id": name, "title": titles[name], "sentence": "", "numbers": {}, "figures": figures,
+                           "missing": f"{results_dir / rel} not found: run `licm {name}`"})
+            continue
+        report = result.get("report") or {}
+        blocks.append({"id": name, "title": titles[name], "sentence": result.get("sentence", ""),
+                       "numbers": {k: _text(v) for k, v in (report.get("numbers") or {}).items()},
+                       "figures": figures, "missing": result.get("reason") if result.get("not_run") else None})
+    return blocks
+
+
+def _text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+__all__ = ["RESULTS", "FIGURES", "rounded", "save_figure", "shown_run", "assignment", "plain_experts", "placeholder", "report_context"]
