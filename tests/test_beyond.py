@@ -90,7 +90,7 @@ def tiny(prepared, tmp_path_factory) -> dict:
     train.run(params, 0, root / "runs" / "main" / "seed0", "cpu", progress=False)
     write_experiment_record(root / "runs", "main", {"experiment": "main", "profile": "smoke", "selected": True,
                                                     "seeds": [0]})
-    clf.run(params, root / "classifier", log=lambda m: None)
+    clf.build(params, root / "classifier", log=lambda m: None)
     return {"root": root, "params_path": prepared["params_path"], "classifier": root / "classifier" / "classifier.pt"}
 
 
@@ -150,15 +150,19 @@ def test_c9_uses_the_composition_numbers(tmp_path):
     paper scale); the same restoration with a composition below the threshold -> partly."""
     from licm import summary
 
-    run = tmp_path / "runs" / "main" / "seed0"
-    run.mkdir(parents=True)
-    (tmp_path / "runs" / "main" / "experiment.json").write_text(json.dumps(
-        {"experiment": "main", "profile": "paper", "selected": True, "seeds": [0]}))
-    (run / "metrics.json").write_text(json.dumps({"iterations": 2000, "mechanisms": [f"m{i}" for i in range(10)],
-                                                  "win_matrix": np.eye(10).tolist(), "top_expert": list(range(10)),
-                                                  "top_share": [1.0] * 10, "distinct_winners": 10,
-                                                  "fully_specialized": True}))
     params = config.load(Path(__file__).resolve().parents[1] / "params.yaml", profile="paper")
+    seeds = config.seeds(params, "main")          # the papers' scale: every declared seed, at paper params
+    (tmp_path / "runs" / "main").mkdir(parents=True)
+    (tmp_path / "runs" / "main" / "experiment.json").write_text(json.dumps(
+        {"experiment": "main", "profile": "paper", "selected": True, "seeds": seeds}))
+    for s in seeds:
+        run = tmp_path / "runs" / "main" / f"seed{s}"
+        run.mkdir()
+        (run / "params.json").write_text(json.dumps(config.experiment(params, "main")))
+        (run / "metrics.json").write_text(json.dumps({
+            "iterations": 2000, "mechanisms": [f"m{i}" for i in range(10)], "win_matrix": np.eye(10).tolist(),
+            "top_expert": list(range(10)), "top_share": [1.0] * 10, "distinct_winners": 10,
+            "fully_specialized": True}))
     main = summary.Experiment("main", tmp_path / "runs", tmp_path / "eval", params)
     restoration = {"run": str(run), "restored": 9, "mechanisms": 10}
 

@@ -3,8 +3,8 @@ workflow/scripts/wheels.py, installed with pip's index switched off into a fresh
 builds the smoke report with Snakemake itself.
 
 The fresh environment gets torch the way a GPU machine has it, already installed: a .pth file names a
-folder that holds links to torch and the distributions torch requires, from this test's environment,
-and nothing else of it (Snakemake, numpy, pandas, ... must come from the wheel folder)."""
+folder that holds links to torch, torchvision and the distributions they require, from this test's
+environment, and nothing else of it (Snakemake, pandas, matplotlib, ... must come from the wheel folder)."""
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -23,9 +23,9 @@ import wheels  # noqa: E402
 
 
 def torch_only(folder: Path) -> Path:
-    """Links to torch and its requirements' top-level files (packages, modules, metadata)."""
+    """Links to torch's, torchvision's and their requirements' top-level files (packages, modules, metadata)."""
     folder.mkdir()
-    for name in wheels.closure(["torch"]):
+    for name in wheels.closure(wheels.TARGET_HAS):
         dist = md.distribution(name)
         for top in {Path(str(f)).parts[0] for f in dist.files or []}:
             if top not in ("..", "__pycache__") and not (folder / top).exists():
@@ -62,7 +62,7 @@ def test_wheel_folder_builds_the_smoke_report_offline(tmp_path, request):
     env = offline_env(venv)
     run([str(venv / "bin/python"), "workflow/scripts/wheels.py", "install", "--wheels", str(folder)], repo, env)
     found = run([str(venv / "bin/python"), "-c", "import importlib.util as u, snakemake, licm; print(snakemake.__file__, "
-                 "licm.__file__, [m for m in ('pulp', 'scipy', 'dvc', 'torchvision') if u.find_spec(m)])"], repo, env)
+                 "licm.__file__, [m for m in ('pulp', 'scipy', 'dvc') if u.find_spec(m)])"], repo, env)
     assert found.startswith(str(venv)) and f" {repo}/src/licm/__init__.py []" in found, found
 
     run(["snakemake", "--workflow-profile", "workflow/profiles/default", "--scheduler", "greedy", "--cores", "2",

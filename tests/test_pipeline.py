@@ -247,7 +247,7 @@ def test_build_record_change_push_pull(repo, tmp_path):
 
 
 @pytest.mark.parametrize("module, old, new, stale", [
-    ("figures.py", None, None, {"figures_runs"}),
+    ("figures.py", None, None, {"figures_data", "figures_runs"}),
     ("summary.py", "no seed specializes fully", "not one seed specializes fully", {"summarize"})])
 def test_code_change_agrees(repo, module, old, new, stale):
     """Editing a package module makes both tools re-run the same stages: DVC finds stale the stages

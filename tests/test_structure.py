@@ -18,13 +18,13 @@ from licm.rundir import RunDir
 SRC = Path(__file__).resolve().parents[1] / "src" / "licm"
 # Layers, lowest first: a module imports only modules of its own or a lower layer.
 LAYERS = (
-    {"mechanisms", "interrupts", "specialization", "paths", "stats", "commands", "models"},
-    {"config", "step", "reference"},
+    {"mechanisms", "interrupts", "specialization", "paths", "stats", "commands", "models", "spectral"},
+    {"config", "step", "reference", "bsv_toys"},
     {"data", "state", "stages"},
     {"checkpoint", "classifier", "plot"},
     {"rundir"},
-    {"runs", "__init__", "train", "evaluate", "pipeline", "records"},
-    {"fidelity", "omniglot", "publish", "dvcyaml"},
+    {"runs", "__init__", "train", "evaluate", "pipeline", "records", "beyond", "independence"},
+    {"fidelity", "omniglot", "publish", "dvcyaml", "composition", "genericity"},
     {"summary", "figures", "report"},
     {"cli"},
     {"__main__"},

@@ -117,36 +117,13 @@ def placeholder(path: Path, figure_id: str, reason: str, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-def report_context(results_dir: Path, figures_dir: Path, assets: Path) -> list[dict]:
-    """The report's section "Beyond the papers": per analysis its sentence, its numbers (the `report`
-    block its stage wrote) and its figures, or what is missing."""
-    from licm.report import copy_figure
-
-    blocks = []
-    titles = {"composition": "Composition of the inverse experts (LICM Fig. 8 made quantitative, §2 'can be combined')",
-              "independence": "Independence of winning expert and digit class, given the mechanism",
-              "genericity": "Spectral genericity of mechanisms and experts (Besserve et al.)"}
-    for name, rel in RESULTS.items():
-        result = read_json(results_dir / rel)
-        figures = [f for f in (copy_figure(figures_dir / f"{fid}.png", assets) for fid in FIGURES[name]) if f]
-        if result is None:
-            blocks.append({"id": name, "title": titles[name], "sentence": "", "numbers": {}, "figures": figures,
-                           "missing": f"{results_dir / rel} not found: run `licm {name}`"})
-            continue
-        report = result.get("report") or {}
-        blocks.append({"id": name, "title": titles[name], "sentence": result.get("sentence", ""),
-                       "numbers": {k: _text(v) for k, v in (report.get("numbers") or {}).items()},
-                       "figures": figures, "missing": result.get("reason") if result.get("not_run") else None})
-    return blocks
-
-
-def _text(value) -> str:
+def asas_text(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_text(v) for v in value) + "]"
+        return "[" + ", ".join(as_text(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
+        return "; ".join(f"{k}: {as_text(v)}" for k, v in value.items())
     return str(value)
 
 

@@ -122,7 +122,9 @@ class Experts:
     """One run's experts as plain modules, each applied alone (a pair needs two experts, not ten)."""
 
     def __init__(self, run):
-        experts, disc, self.params = run.load_models()
+        from licm import load_run
+
+        experts, disc, self.params = load_run(run.path)
         self.committee, self.disc = experts.committee, disc
         self.modules = plain_experts(self.committee)
 

@@ -138,9 +138,10 @@ def layer_analysis(run, params: dict, test: dict, assigned: list[int], rng: np.r
     """Per expert and layer: stats of log10 rho for the trained, init and shuffle arms; per layer the
     pooled histograms and paired tests (Wilcoxon signed-rank over experts on the median |log10 rho|,
     Holm over the layers, per null)."""
+    from licm import load_run
     from licm.models import seed_networks
 
-    experts, _disc, run_params = run.load_models()
+    experts, _disc, run_params = load_run(run.path)
     trained = plain_experts(experts.committee)
     init = [e.eval() for e in seed_networks(run_params, int((run.meta() or {}).get("seed", 0)))[0]]
     n = params["genericity"]["layer_digits"]

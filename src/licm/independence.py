@@ -129,7 +129,7 @@ def figure(result: dict, out: Path, dpi: int) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from licm.figures import save
+    from licm.plot import save
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, (name, r) in enumerate(sorted(result["runs"].items())):

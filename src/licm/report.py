@@ -150,6 +150,27 @@ def copy_figure(src: Path, assets: Path) -> str | None:
     return f"assets/{src.name}"
 
 
+def beyond_context(results_dir: Path, figures_dir: Path, assets: Path) -> list[dict]:
+    """The report's section "Beyond the papers": per analysis its sentence, its numbers (the `report`
+    block its stage wrote) and its figures, or what is missing."""
+    blocks = []
+    titles = {"composition": "Composition of the inverse experts (LICM Fig. 8 made quantitative, §2 'can be combined')",
+              "independence": "Independence of winning expert and digit class, given the mechanism",
+              "genericity": "Spectral genericity of mechanisms and experts (Besserve et al.)"}
+    for name, rel in beyond.RESULTS.items():
+        result = read_json(results_dir / rel)
+        figures = [f for f in (copy_figure(figures_dir / f"{fid}.png", assets) for fid in beyond.FIGURES[name]) if f]
+        if result is None:
+            blocks.append({"id": name, "title": titles[name], "sentence": "", "numbers": {}, "figures": figures,
+                           "missing": f"{results_dir / rel} not found: run `licm {name}`"})
+            continue
+        report = result.get("report") or {}
+        blocks.append({"id": name, "title": titles[name], "sentence": result.get("sentence", ""),
+                       "numbers": {k: beyond.as_text(v) for k, v in (report.get("numbers") or {}).items()},
+                       "figures": figures, "missing": result.get("reason") if result.get("not_run") else None})
+    return blocks
+
+
 def fidelity_context(block: dict | None, figures_dir: Path, assets: Path) -> dict:
     """The section "What decides specialization": the fidelity study's figure, table, power and sentences
     (licm.fidelity; the block is summary.json's `fidelity`)."""
@@ -217,7 +238,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
                    "numbers": {k: _fmt(v) for k, v in (follow.get("numbers") or {}).items()}},
         "follow_up_id": FOLLOW_UP_ID, "fidelity": fidelity,
         # "Beyond the papers": the analyses' JSON beside the summary (results/<analysis>/), licm.beyond
-        "beyond": beyond.report_context(summary_path.parent, figures_dir, assets),
+        "beyond": beyond_context(summary_path.parent, figures_dir, assets),
     }
 
 

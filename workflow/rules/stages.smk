@@ -16,7 +16,7 @@ for _stage in licm_stages.generic():
             fingerprint=stage_fingerprint_of(_stage),
             licm=licm_stages.COMMAND[_stage.rule],
         log:
-            f"logs/{_stage.rule}.log",
+            f"logs/{_stage.name}.log",
         threads: _stage.threads
         conda:
             LICM_ENV

@@ -4,12 +4,12 @@
   python workflow/scripts/wheels.py download [--out wheels] [--python-version 3.11]
                                              [--platform manylinux_2_28_x86_64] [--have FREEZE]
       (on a connected machine, in the project's environment: `make wheels`) the wheels of every
-      distribution that Snakemake's local execution and the `licm` jobs need, beyond torch and what
-      torch requires (the target has torch), at the versions installed here (requirements.lock),
+      distribution that Snakemake's local execution and the `licm` jobs need, beyond torch,
+      torchvision and what they require (the target has them, built for its CUDA), at the versions
+      installed here (requirements.lock),
       for the target's Python and platform; `--have` skips what the target already has (its
       `python -m pip freeze`). Left out: pulp (only Snakemake's ILP scheduler: run with
-      `--scheduler greedy`), torchvision (only `licm data fetch` without a mirror), DVC, the
-      SLURM executor, the test tools. Writes <out>/requirements.txt, the list to install.
+      `--scheduler greedy`), DVC, the SLURM executor, the test tools. Writes <out>/requirements.txt, the list to install.
   python workflow/scripts/wheels.py install [--wheels wheels]
       (on the target, in the repository, with the Python that has torch) installs the folder's
       wheels and this repository (editable) without contacting any index: pip --no-index --no-deps.
@@ -25,9 +25,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-# What the target brings (torch and its requirements) and what the pipeline's offline run does not need.
-TARGET_HAS = ("torch",)
-LEFT_OUT = ("pulp", "torchvision")
+# What the target brings (torch and torchvision, the pair built for its CUDA, and their requirements)
+# and what the pipeline's offline run does not need.
+TARGET_HAS = ("torch", "torchvision")
+LEFT_OUT = ("pulp",)
 ROOTS = ("snakemake",)
 # Installed first, whatever the target has: what installs licm (editable) with pip --no-build-isolation
 # (a fresh venv's own setuptools may predate bdist_wheel in setuptools).
