@@ -204,10 +204,10 @@ def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, ca
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     target = run.params()["figures"]["target_iteration"]
-    run.compact_copy(tmp, kept_outputs(run.evaluation_iterations(), target))
-    export_weights(run.path, tmp)
+    export_weights(run.path, tmp)               # before metrics.json: a finished folder is not written to
     if campaign is not None:
         atomic_write_text(tmp / "campaign.json", json.dumps(campaign, indent=1, sort_keys=True) + "\n")
+    run.compact_copy(tmp, kept_outputs(run.evaluation_iterations(), target))
     _copy(Path(eval_json), ev_out)
     if out.exists():
         shutil.rmtree(out)

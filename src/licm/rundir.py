@@ -231,8 +231,6 @@ class RunDir:
         asked for outputs, only the evaluations that hold them)."""
         out = RunDir(dest)
         out.evaluation_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("params.json", "meta.json", "metrics.json"):
-            shutil.copyfile(self.path / name, out.path / name)
         shutil.copyfile(self.evaluation_dir / "digits.npz", out.evaluation_dir / "digits.npz")
         for it in self.evaluation_iterations():
             with np.load(self._evaluation_file(it)) as z:
@@ -240,6 +238,8 @@ class RunDir:
             data.write_npz(out._evaluation_file(it), kept, compress=True)
         history = self.history().round({"score_mean": decimals})
         data.atomic_write_bytes(out.path / "history.csv.gz", _gzip(history.to_csv(index=False)))
+        for name in ("params.json", "meta.json", FINISHED):        # metrics.json last, as in a run
+            shutil.copyfile(self.path / name, out.path / name)
         return out
 
     def write_json(self, name: str, obj) -> None:
