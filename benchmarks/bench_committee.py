@@ -70,7 +70,7 @@ def paper_params(experts: int) -> dict:
 def iteration_gflop(params: dict) -> dict[str, float]:
     """Analytic FLOPs of one iteration (a backward = 2x its forward: weight and input gradients).
     masked: the capturable step (experts forward + backward on B digits each, D forward and
-    backward on B*N' + B images, D's input gradient on all B*N' outputs; ENGINE.md's 91 GFLOP);
+    backward on B*N' + B images, D's input gradient on all B*N' outputs: 91 GFLOP at N' = 10);
     exact: what a step equal to Alg. 1 needs (D's input gradient on the B winning outputs only);
     won_only: the experts' backward on their won digits only (B digits in all), not reachable
     exactly with BatchNorm in train mode."""

@@ -15,7 +15,7 @@
   or an expert's state is a contiguous slice. Two forwards over the same tensors, equal up to
   round-off: `vectorized` (grouped convolutions: one kernel launch per layer for the whole
   committee, what a GPU wants) and `loop` (expert after expert on slices of the tensors, the
-  per-expert arrangement, fastest on small CPUs: ENGINE.md). BatchNorm is per (seed, expert).
+  per-expert arrangement, fastest on small CPUs: benchmarks/README.md). BatchNorm is per (seed, expert).
   Initial weights come from plain `Expert`s (`build`), so a seed starts from the same weights
   whatever batch it trains in and whatever the layout.
 * `Discriminators`: S discriminators as one network: convolutions grouped by seed, the fully
@@ -139,7 +139,7 @@ class Committee(nn.Module):
     def use_channels_last(self, on: bool) -> None:
         """Convolutions in channels_last (NHWC) memory format, the weights stored so (no conversion
         per call): measured 1.2x faster for the loop's experts on the project's 2-core CPUs
-        (ENGINE.md). Values, state_dict keys and checkpoints are the same in either format."""
+        (benchmarks/README.md). Values, state_dict keys and checkpoints are the same in either format."""
         self.channels_last = on
         _set_format(self.parameters(), on)
 

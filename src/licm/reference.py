@@ -2,7 +2,7 @@
 
 One nn.Module and one torch.optim.Adam per expert, one discriminator with its own Adam, Python
 loops over experts and digits, every variant a branch. It is what most code does and what the
-benchmark calls the reference loop (ENGINE.md: 74.7 ms per iteration on an H100). It draws no
+benchmark calls the reference loop (benchmarks/bench_committee.py). It draws no
 minibatches itself: the caller passes the digits, so the engine's and the reference's iterations
 can be fed the same ones. Not used by `licm train`.
 """

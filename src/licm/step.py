@@ -560,7 +560,7 @@ def step_mode(choice, device: torch.device, cfg: StepConfig) -> tuple[str, str]:
     """train.compile (auto | on | off; YAML may give a boolean) -> (eager | compiled | graph, why).
 
     auto = on for CUDA (a captured iteration removes ~190 kernel launches: 9.2 -> 5.9 ms on an H100,
-    ENGINE.md), off for CPU (torch.compile measured no gain there). Per-example updates stay eager."""
+    benchmarks/README.md), off for CPU (torch.compile measured no gain there). Per-example updates stay eager."""
     choice = {True: "on", False: "off"}.get(choice, choice)
     if cfg.expert_update == "per_example":
         return "eager", "per-example updates loop over digits in Python: not capturable"

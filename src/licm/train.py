@@ -36,7 +36,7 @@ from licm.step import (NEVER, Sampler, Step, StepConfig, Stepper, TrainData, app
 # benchmarks/bench_committee.py (benchmarks/results/engine-cpu-layouts.json, benchmarks/README.md).
 # CPU (2 cores, torch 2.14): the loop over experts with channels_last convolutions, the fastest eager
 # layout (706/1228/1911 ms per iteration at N' = 6/10/16 vs 842/1249/2002 grouped). CUDA: grouped
-# convolutions, one launch per layer for the whole batch of seeds x experts (ENGINE.md, H100).
+# convolutions, one launch per layer for the whole batch of seeds x experts (benchmarks/README.md).
 AUTO_IMPLEMENTATION = {"cpu": ("loop", True), "cuda": ("vectorized", False)}
 
 
