@@ -117,7 +117,7 @@ def placeholder(path: Path, figure_id: str, reason: str, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-def asas_text(value) -> str:
+def as_text(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
