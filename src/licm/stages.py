@@ -83,9 +83,9 @@ ARTIFACTS: dict[str, Artifact] = {
     "classifier_metrics": Artifact((result("classifier_metrics"),), lambda p: [result("classifier_metrics")]),
     "restoration": Artifact((result("restoration"),), lambda p: [result("restoration")]),
     "summary": Artifact((result("summary"),), lambda p: [result("summary")]),
-    "composition": Artifact((result("composition"),), lambda p: [result("composition_json")]),
-    "independence": Artifact((result("independence"),), lambda p: [result("independence_json")]),
-    "genericity": Artifact((result("genericity"),), lambda p: [result("genericity_json")]),
+    "composition": Artifact((result("composition_json"),), lambda p: [result("composition_json")]),
+    "independence": Artifact((result("independence_json"),), lambda p: [result("independence_json")]),
+    "genericity": Artifact((result("genericity_json"),), lambda p: [result("genericity_json")]),
     "figures": Artifact((result("figures"),), lambda p: [f for s in STAGES for f in s.outs
                                                          if f.startswith(result("figures") + "/")]),
 }
@@ -189,20 +189,19 @@ record of them (results/eval/<exp>/experiment.json, also for experiments not run
           deps=(f"runs/{OMNIGLOT_EXPERIMENT}", "omniglot_archive", "mnist", "classifier_model"),
           outs=(result("composition_json"), *figures(COMPOSITION_FIGURES)),
           keys=("data.raw_dir", "data.omniglot_archive", "omniglot", "figures", "composition"),
-          dvc={"outs": [result("composition")]},
           doc="""\
 Beyond the papers, one stage per analysis of finished runs (no training): the composition of the
 inverse experts (LICM Fig. 8 made quantitative) on the typical seed of experiment main."""),
     Stage("independence", {"independence": f"independence --runs {result('runs')} --out {result('independence')} "
                                            f"--figures {result('figures')}"},
           deps=("runs",), outs=(result("independence_json"), *figures(INDEPENDENCE_FIGURES)),
-          keys=("figures", "independence"), dvc={"outs": [result("independence")]},
+          keys=("figures", "independence"),
           doc="Winning expert vs digit class given the mechanism, every finished run (permutation null)."),
     Stage("genericity", {"genericity": f"genericity --experiment {OMNIGLOT_EXPERIMENT} --runs {result('runs')} "
                                        f"--out {result('genericity')} --figures {result('figures')}"},
           deps=(f"runs/{OMNIGLOT_EXPERIMENT}", "prepared_test", "mnist"),
           outs=(result("genericity_json"), *figures(GENERICITY_FIGURES)),
-          keys=("figures", "genericity"), dvc={"outs": [result("genericity")]},
+          keys=("figures", "genericity"),
           doc="Spectral genericity (Besserve et al.) of the mechanisms and of the typical seed of main."),
     Stage("figures_runs", {"figures_runs": f"figures runs --out {result('figures')}"},
           deps=("runs", "evals", "prepared_test"), outs=figures(RUN_FIGURES),
