@@ -200,7 +200,8 @@ def test_build_record_change_push_pull(repo, tmp_path):
     text = out.stdout + out.stderr
     assert trained(text) == {"experiment=main, seed=0"}, ran_jobs(text)
     assert {r for r, _ in ran_jobs(text)} == {"plan", "train", "collect", "evaluate", "collect_evaluations", "omniglot",
-                                              "figures_runs", "summarize", "html_report", "report"}, ran_jobs(text)
+                                              "composition", "independence", "genericity", "figures_runs",
+                                              "summarize", "html_report", "report"}, ran_jobs(text)
     for rule in ("collect", "collect_evaluations"):
         assert {w for r, w in ran_jobs(text) if r == rule} == {"experiment=main"}
     assert "resuming" in (repo / "logs/train/main/seed0.log").read_text()  # from the iteration-4 checkpoint
@@ -208,7 +209,8 @@ def test_build_record_change_push_pull(repo, tmp_path):
     assert json.loads((repo / "results/eval/main/seed0.json").read_text())["iterations"] == 6
     # ... and DVC sees exactly those stages as changed; record them.
     stale = set(json.loads(sh("dvc status --json", repo).stdout))
-    assert stale == {"plan", "train@main", "evaluate@main", "omniglot", "figures_runs", "summarize", "report"}, stale
+    assert stale == {"plan", "train@main", "evaluate@main", "omniglot", "composition", "independence", "genericity",
+                     "figures_runs", "summarize", "report"}, stale
     sh("dvc commit -f " + " ".join(sorted(stale)), repo)
     assert json.loads(sh("dvc status --json", repo).stdout) == {}
 
@@ -218,7 +220,8 @@ def test_build_record_change_push_pull(repo, tmp_path):
                .setdefault("overrides", {"train": {"iterations": 6}}))
     repro = sh("dvc repro", repo, timeout=400)
     ran = re.findall(r"Running stage '([^']+)'", repro.stdout)
-    assert sorted(ran) == sorted(["plan", "train@no_aii", "evaluate@no_aii", "figures_runs", "summarize", "report"]), ran
+    assert sorted(ran) == sorted(["plan", "train@no_aii", "evaluate@no_aii", "independence", "figures_runs", "summarize",
+                                  "report"]), ran
     assert ran.index("train@no_aii") < ran.index("evaluate@no_aii") < ran.index("summarize") < ran.index("report")
     assert trained(repro.stdout + repro.stderr) == {"experiment=no_aii, seed=0"}
     assert json.loads((repo / "results/runs/no_aii/seed0/metrics.json").read_text())["iterations"] == 6
