@@ -8,6 +8,7 @@ edit to one analysis re-runs only that analysis and the report.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -43,19 +44,10 @@ def rounded(value, digits: int = 6):
 
 
 def save_figure(fig, path: Path, dpi: int) -> Path:
-    """Write a figure atomically with fixed PNG metadata (bytes stable), as licm.figures.save does,
-    without importing licm.figures (the analyses would then depend on every figure's code)."""
-    import io
+    """licm.plot.save, imported only when an analysis draws (its JSON path stays free of matplotlib)."""
+    from licm.plot import save
 
-    import matplotlib.pyplot as plt
-
-    from licm.data import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    return save(fig, Path(path), dpi)
 
 
 def shown_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
@@ -117,14 +109,17 @@ def placeholder(path: Path, figure_id: str, reason: str, dpi: int) -> Path:
     return save_figure(fig, path, dpi)
 
 
-def as_text(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(as_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {as_text(v)}" for k, v in value.items())
-    return str(value)
+def chosen_run(args) -> tuple[Path, str]:
+    """The run an analysis command reads: --run, or the shown run of --experiment (shown_run)."""
+    return (Path(args.run), "given with --run") if args.run else shown_run(Path(args.runs), args.experiment)
 
 
-__all__ = ["RESULTS", "FIGURES", "rounded", "save_figure", "shown_run", "assignment", "plain_experts", "placeholder", "report_context"]
+def write_not_run(name: str, figures: tuple[str, ...], params: dict, reason: str, out: Path, figs: Path) -> None:
+    """An analysis whose run is missing: labelled placeholder figures and {"not_run": true, "reason"}
+    as its JSON, so the pipeline's outputs always exist."""
+    from licm.data import atomic_write_text
+
+    for fid in figures:
+        placeholder(figs / f"{fid}.png", fid, reason, params["figures"]["dpi"])
+    atomic_write_text(out / f"{name}.json", json.dumps({"not_run": True, "reason": reason}, indent=1) + "\n")
+    print(f"licm {name}: not run ({reason}): placeholders written")

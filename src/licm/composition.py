@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from licm import config, data, mechanisms
-from licm.beyond import assignment, placeholder, plain_experts, rounded, save_figure, shown_run
+from licm.beyond import assignment, chosen_run, plain_experts, rounded, save_figure, write_not_run
 
 FIGURES = ("cmp-pairs", "cmp-matrix")
 DIRECTIONS = {f"translate_{k}": v for k, v in mechanisms._DIRECTIONS.items()}
@@ -529,21 +529,14 @@ def figure_matrix(result: dict, out: Path, dpi: int) -> Path:
 
 # ---------------------------------------------------------------- CLI
 
-def _not_run(params: dict, reason: str, out: Path, figs: Path) -> None:
-    for fid in FIGURES:
-        placeholder(figs / f"{fid}.png", fid, reason, params["figures"]["dpi"])
-    data.atomic_write_text(out / "composition.json", json.dumps({"not_run": True, "reason": reason}, indent=1) + "\n")
-    print(f"licm composition: not run ({reason}): placeholders written")
-
-
 def _cmd_composition(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     params = config.load(args.params, profile=args.profile)
     out, figs, dpi = Path(args.out), Path(args.figures), params["figures"]["dpi"]
     try:
-        run_dir, why = (Path(args.run), "given with --run") if args.run else shown_run(Path(args.runs), args.experiment)
+        run_dir, why = chosen_run(args)
     except config.LicmError as exc:
-        _not_run(params, str(exc), out, figs)
+        write_not_run("composition", FIGURES, params, str(exc), out, figs)
         return
     result, seconds = analyze(run_dir, params, Path(args.classifier))
     result["why_this_run"] = why

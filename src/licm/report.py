@@ -166,7 +166,7 @@ def beyond_context(results_dir: Path, figures_dir: Path, assets: Path) -> list[d
             continue
         report = result.get("report") or {}
         blocks.append({"id": name, "title": titles[name], "sentence": result.get("sentence", ""),
-                       "numbers": {k: beyond.as_text(v) for k, v in (report.get("numbers") or {}).items()},
+                       "numbers": {k: _fmt(v) for k, v in (report.get("numbers") or {}).items()},
                        "figures": figures, "missing": result.get("reason") if result.get("not_run") else None})
     return blocks
 

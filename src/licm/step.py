@@ -346,10 +346,9 @@ class GatheredUpdate:
         st.expert_opt.step(grads, active)
 
 
-class PerExampleUpdate:
-    """LICM §3 read literally ("after an expert wins a data point x', its parameters are updated"):
-    one Adam step per digit, in minibatch order, for that digit's winner. Every expert maps the digit
-    (BatchNorm statistics move as in the reference); a Python loop over digits, never captured."""
+class NoGradForward:
+    """The minibatch forward of updates that take no gradient through it (they differentiate their
+    own forwards, or none): BatchNorm statistics move, no graph is kept."""
 
     @torch.no_grad()
     def forward(self, committee: Committee, x_t: torch.Tensor):
@@ -357,6 +356,12 @@ class PerExampleUpdate:
 
     def scored(self, out: torch.Tensor) -> torch.Tensor:
         return out
+
+
+class PerExampleUpdate(NoGradForward):
+    """LICM §3 read literally ("after an expert wins a data point x', its parameters are updated"):
+    one Adam step per digit, in minibatch order, for that digit's winner. Every expert maps the digit
+    (BatchNorm statistics move as in the reference); a Python loop over digits, never captured."""
 
     def update(self, st, loss, x_t, outputs, logits, won) -> None:
         params = list(st.committee.parameters())
@@ -366,16 +371,9 @@ class PerExampleUpdate:
             st.expert_opt.step(torch.autograd.grad(lb.sum(), params), won[b].reshape(-1) > 0)
 
 
-class NoUpdate:
+class NoUpdate(NoGradForward):
     """detach_expert_scores (EXPAND's public code): outputs detached before scoring, the experts never
     step (their BatchNorm statistics still move)."""
-
-    @torch.no_grad()
-    def forward(self, committee: Committee, x_t: torch.Tensor):
-        return committee(x_t, "batch"), None
-
-    def scored(self, out: torch.Tensor) -> torch.Tensor:
-        return out
 
     def update(self, st, loss, x_t, outputs, logits, won) -> None:
         pass

@@ -286,7 +286,8 @@ def run(work: Path, no_report: bool = False) -> int:
                 a.update(end=None, how="interrupted (the driver was killed: work stopped)")
     state.data.setdefault("restarts", []).append(now())
     state.save()
-    for k in seeds(work):
+    todo = seeds(work)
+    for k in todo:
         entry = state.seed(k)
         if published(work, state, k).joinpath("metrics.json").is_file():
             restore(state, work, k)
@@ -299,18 +300,18 @@ def run(work: Path, no_report: bool = False) -> int:
         if born is not None and installed.stat().st_mtime != born:
             log("a newer driver was installed: it takes over")
             os.execv(sys.executable, [sys.executable, str(HOME / "driver.py"), "run", "--repo", str(work)])
-    if any(not published(work, state, k).joinpath("metrics.json").is_file() for k in seeds(work)):
+    if any(not published(work, state, k).joinpath("metrics.json").is_file() for k in todo):
         log("every seed is trained, some are not published yet (see above): the report waits for them")
         return 1
     if no_report:
         return 0
     log("every seed is trained and published: the report")
-    return report(state, work)
+    return report(state, work, todo)
 
 
-def report(state: State, work: Path) -> int:
+def report(state: State, work: Path, todo: list[int]) -> int:
     repo = ensure_clone(work, state.target())
-    for k in seeds(work):
+    for k in todo:
         restore(state, work, k)
     rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, "evaluate")), "--", "report")
     if rc:
@@ -380,8 +381,8 @@ def status(work: Path) -> int:
     pid = running()
     print(f"campaign: {'running (pid %d)' % pid if pid else 'not running'}; folder {HOME}; "
           f"target {state.data.get('target', '?')[:10]}; publishes to {state.data.get('publish_dir', '?')}")
-    done, walls = 0, []
-    for k in seeds(work):
+    done, walls, todo = 0, [], seeds(work)
+    for k in todo:
         e = state.data["seeds"].get(str(k), {})
         pub = published(work, state, k).joinpath("metrics.json").is_file() if "publish_dir" in state.data else False
         if e.get("finished") or pub:
@@ -399,7 +400,7 @@ def status(work: Path) -> int:
             last = [x for x in logf.read_text(errors="replace").splitlines() if "it/s" in x][-1:]
             line += f"; {last[0].split(': ', 1)[-1] if last else 'starting'}"
         print(line)
-    left = len(seeds(work)) - done
+    left = len(todo) - done
     if walls and left:
         mean = sum(walls) / len(walls)
         eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=mean * left)
