@@ -24,7 +24,7 @@ install: $(BIN)/licm
 TEST_WORKERS ?= 2
 test: install
 	.ci/debian-packages
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # PROFILE unset: params.yaml's `profile:` (auto = paper with a CUDA GPU, quick without);
 # PROFILE=paper|paper_main|quick|smoke|auto forces one, e.g. `make report PROFILE=smoke`.

@@ -14,6 +14,8 @@ from licm import classifier as clf
 from licm import config, evaluate, stats, summary, train
 from licm.config import LicmError
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
 
 # ---------------------------------------------------------------- licm evaluate on a real (tiny) run
 
@@ -105,9 +107,13 @@ def _write_experiment(root: Path, name: str, profile: str, fully: list[bool], M:
     seeds = list(range(len(fully)))
     (folder / "experiment.json").write_text(json.dumps({"experiment": name, "profile": profile,
                                                         "selected": selected, "seeds": seeds}))
+    resolved = config.experiment(config.load(PARAMS, profile=profile), name)
     for s, ok in zip(seeds, fully):
         run = folder / f"seed{s}"
         run.mkdir()
+        # what `licm train` writes before metrics.json: the resolved params and the hardware
+        (run / "params.json").write_text(json.dumps(resolved))
+        (run / "meta.json").write_text(json.dumps({"device": "cpu", "threads": 2, "cpu": {"model": "Test CPU"}}))
         top = list(range(M)) if ok else [0, 0] + list(range(2, M))
         matrix = np.eye(M)[:, :M] if ok else np.eye(M)[top]
         (run / "metrics.json").write_text(json.dumps({
@@ -117,7 +123,7 @@ def _write_experiment(root: Path, name: str, profile: str, fully: list[bool], M:
 
 
 def _summarize(root: Path) -> dict:
-    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml", profile="paper")
+    params = config.load(PARAMS, profile="paper")
     return summary.summarize(params, root / "runs", root / "eval", root / "none.json", root / "none.json")
 
 
@@ -127,6 +133,7 @@ def test_c1_verdict_follows_the_interval(tmp_path, k, verdict):
     _write_experiment(tmp_path, "main", "paper", [True] * k + [False] * (10 - k))
     entry = _summarize(tmp_path)["licm-c1"]
     assert entry["verdict"] == verdict
+    assert entry["numbers"]["scale"].endswith("(the papers’ scale); CPU, fp32, 2 threads (Test CPU)")
     lo, hi = stats.binomial_interval(k, 10)
     assert entry["numbers"]["fully specialized seeds"] == f"{k}/10 (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
     assert entry["numbers"]["other seeds with one expert on two mechanisms (and one on none)"] == f"{10 - k}/{10 - k}"
@@ -137,6 +144,7 @@ def test_reduced_scale_and_not_run(tmp_path):
     _write_experiment(tmp_path, "expanded", "quick", [False], M=11, selected=False)
     s = _summarize(tmp_path)
     assert s["licm-c1"]["verdict"] == "reduced scale"
+    assert "papers’ scale" not in s["licm-c1"]["numbers"]["scale"]
     assert "would say 'reproduced'" in s["licm-c1"]["note"]      # 1/1: interval 2.5-100% holds 0.7
     assert s["expand-c3"]["verdict"] == "not run" and "expanded" in s["expand-c3"]["note"]
     assert s["licm-c7"]["verdict"] == "not run"

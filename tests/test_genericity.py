@@ -134,3 +134,19 @@ def test_model2_square_root_solution_is_not_generic():
     assert out["rho_true"] == pytest.approx(1.0, abs=0.05)
     assert out["rho_square_root"] == pytest.approx(1.254, abs=0.05)
     assert out["rho_square_root"] == pytest.approx(out["limit"], rel=1e-12)
+
+
+@pytest.mark.parametrize("case", ["no ties", "ties", "zeros", "one-sided", "n=30"])
+def test_wilcoxon_signed_rank_against_scipy(case):
+    """stats.wilcoxon_p (the layer tests' p-values) equals scipy's: its exact test without ties, its
+    (complete, hence deterministic) permutation test with ties or zeros at n <= 13."""
+    from scipy.stats import wilcoxon
+
+    from licm import stats
+
+    rng = np.random.default_rng(7)
+    d = {"no ties": rng.normal(0.3, 1, 10), "ties": np.round(rng.normal(0.5, 1, 12), 0),
+         "zeros": np.r_[0.0, 0.0, rng.normal(0, 1, 9)], "one-sided": np.abs(rng.normal(0, 1, 8)),
+         "n=30": rng.normal(0.2, 1, 30)}[case]
+    assert stats.wilcoxon_p(d) == pytest.approx(float(wilcoxon(d).pvalue), rel=1e-9)
+    assert stats.wilcoxon_p(np.zeros(5)) == 1.0

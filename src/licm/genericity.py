@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from licm import bsv_toys, config, data, spectral
+from licm import bsv_toys, config, data, spectral, stats
 from licm.beyond import assignment, chosen_run, plain_experts, rounded, save_figure, write_not_run
 
 FIGURES = ("bsv-io", "bsv-fig5", "bsv-fig2", "bsv-fig3")
@@ -164,8 +164,6 @@ def layer_analysis(run, params: dict, test: dict, assigned: list[int], rng: np.r
 
 
 def _layer_tests(per_expert: list[dict], pooled: dict) -> list[dict]:
-    from scipy.stats import wilcoxon
-
     def disp(li, arm):
         return np.array([e["layers"][li][arm]["median_abs_log10"] if e["layers"][li][arm] else np.nan
                          for e in per_expert], float)
@@ -180,21 +178,14 @@ def _layer_tests(per_expert: list[dict], pooled: dict) -> list[dict]:
             if null in pooled[li]:
                 diff = tr - disp(li, null)
                 diff = diff[np.isfinite(diff)]
-                p = 1.0 if not np.any(diff) else float(wilcoxon(diff).pvalue)
-                row[f"p_vs_{null}"] = p
+                row[f"p_vs_{null}"] = stats.wilcoxon_p(diff)
         rows.append(row)
     for null in ("init", "shuffle"):
-        _holm(rows, f"p_vs_{null}")
+        key = f"p_vs_{null}"
+        tested = {i: r[key] for i, r in enumerate(rows) if key in r}
+        for i, p in stats.holm(tested).items():
+            rows[i][key + "_holm"] = p
     return rows
-
-
-def _holm(rows: list[dict], key: str) -> None:
-    """Holm-adjusted p-values in place (key + '_holm') over the rows that have `key`."""
-    have = sorted((r for r in rows if key in r), key=lambda r: r[key])
-    m, running = len(have), 0.0
-    for i, r in enumerate(have):
-        running = max(running, min(1.0, (m - i) * r[key]))
-        r[key + "_holm"] = running
 
 
 # ---------------------------------------------------------------- toys (BSV Fig. 2, 3)

@@ -215,8 +215,10 @@ def restore(state: State, work: Path, k: int) -> None:
     """A published seed missing from the clone (a new machine, a deleted checkout): its published
     folder and evaluation JSON go back into results/ for the report. It is never trained again."""
     run, ev = run_dir(HOME / "repo", k), HOME / "repo" / "results" / "eval" / EXPERIMENT / f"seed{k}.json"
-    if run.joinpath("metrics.json").is_file() or not (HOME / "repo" / ".git").is_dir():
+    if run.joinpath("metrics.json").is_file():
         return
+    if not (HOME / "repo" / ".git").is_dir():
+        ensure_clone(work, state.target())
     log(f"seed {k}: restored from {published(work, state, k)} (published; not trained again)")
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(published(work, state, k), run)
