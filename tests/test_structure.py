@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import graphlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,18 @@ def test_one_path_function():
     assert str(RunDir.of("results/runs", "main", 2).path) == "results/runs/main/seed2"
 
 
-def test_checkpoint_format_has_one_owner():
-    from licm import state
+def test_checkpoint_format_has_one_owner(tmp_path):
+    """The format number is written by licm.checkpoint alone (stamped on save) and checked on load."""
+    import torch
 
-    assert state.CHECKPOINT_FORMAT == checkpoint.FORMAT
+    owners = [p.name for p in SRC.glob("*.py") if re.search(r'"format"\s*:', p.read_text())]
+    assert owners == ["checkpoint.py"], owners
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"iteration": 3})
+    assert torch.load(path, weights_only=True) == {"iteration": 3, "format": checkpoint.FORMAT}
+    torch.save({"iteration": 3, "format": checkpoint.FORMAT - 1}, path)
+    with pytest.raises(LicmError, match="checkpoint format 1, this licm reads format 2"):
+        checkpoint.load(path, tmp_path)
 
 
 def test_run_folder_is_finished_last(tmp_path):
@@ -78,7 +87,7 @@ def test_run_folder_is_finished_last(tmp_path):
     with pytest.raises(LicmError, match="metrics.json is written last; missing params.json"):
         run.write_json("metrics.json", {})
     run.start({"x": 1}, {"seed": 0}, {"test_index": np.arange(2)})
-    run.save_checkpoint({"format": checkpoint.FORMAT})
+    run.save_checkpoint({"iteration": 1})
     (run.path / "history.csv").write_text("iteration\n")
     run.write_json("metrics.json", {"iterations": 1})
     for write in (lambda: run.write_json("meta.json", {}), lambda: run.save_checkpoint({}),

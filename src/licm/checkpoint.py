@@ -41,11 +41,12 @@ def load(path: Path, run: Path, map_location="cpu") -> dict:
 
 
 def save(path: Path, state: dict) -> None:
-    """Write atomically: a killed job leaves the previous checkpoint or none, never half of one."""
+    """Write atomically: a killed job leaves the previous checkpoint or none, never half of one. The
+    format number is stamped here, its one writer."""
     import torch
 
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, "format": FORMAT}, buf)
     data.atomic_write_bytes(path, buf.getvalue())
 
 

@@ -16,7 +16,6 @@ from licm import models
 from licm.models import Committee, Discriminators
 from licm.step import NEVER, GroupedAdam, History
 
-CHECKPOINT_FORMAT = 2    # 1 = the per-seed engine before batching (torch.Generator sampling)
 HISTORY_CAPACITY = 50    # iterations between copies of the history to the host (one sync each)
 
 
@@ -86,9 +85,10 @@ class RunState:
                                           t["lr_expert"], t["adam_betas"])
 
     def checkpoint(self, i: int) -> dict:
-        """Seed number i's state (tensors on the CPU), without its history (the caller adds it)."""
+        """Seed number i's state (tensors on the CPU), without its history (the caller adds it) and
+        without the format number (licm.checkpoint.save stamps it)."""
         part = lambda state: _cpu(models.seed_state(state, len(self.seeds), i))  # noqa: E731
-        return {"format": CHECKPOINT_FORMAT, "seed": self.seeds[i], "iteration": int(self.iteration),
+        return {"seed": self.seeds[i], "iteration": int(self.iteration),
                 "committee": part(self.committee.state_dict()), "discriminator": part(self.discs.state_dict()),
                 "expert_optimizer": part(self.expert_opt.state_dict()),
                 "discriminator_optimizer": part(self.disc_opt.state_dict()),
