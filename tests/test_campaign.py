@@ -22,7 +22,9 @@ import torch
 
 from smoke_repo import BIN, REPO, build_smoke_repo, data_source, set_params, sh
 
-pytestmark = pytest.mark.pipeline
+# Three smoke campaigns, each with its own equivalence gate: minutes each on a loaded machine (the
+# driver's own waits, 600 s for a checkpoint and 1500 s for a run, are the limits that should fire).
+pytestmark = [pytest.mark.pipeline, pytest.mark.timeout(1800)]
 
 DRIVER = REPO / "workflow" / "scripts" / "campaign.py"
 ITERATIONS, EVERY = 60, 10
