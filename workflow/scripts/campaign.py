@@ -391,9 +391,11 @@ def status(work: Path) -> int:
         pub = published(work, state, k).joinpath("metrics.json").is_file() if "publish_dir" in state.data else False
         if e.get("finished") or pub:
             done += 1
-            if e.get("started") and e.get("finished"):
-                walls.append((dt.datetime.fromisoformat(e["finished"]) -
-                              dt.datetime.fromisoformat(e["started"])).total_seconds())
+            active = [(dt.datetime.fromisoformat(a.get("end") or a["last_seen"]) -
+                       dt.datetime.fromisoformat(a["start"])).total_seconds()
+                      for a in e.get("attempts", []) if a.get("end") or a.get("last_seen")]
+            if active:      # the attempts' time (as index.json's wall time), not the days between them
+                walls.append(sum(active))
         what = ("published" if pub else "finished" if e.get("finished") else
                 "in progress" if e.get("commit") else "not started")
         line = f"  seed {k}: {what}"
