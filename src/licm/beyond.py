@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from licm.config import LicmError
-from licm.data import read_json
 
 # The analyses' JSON files, relative to the results folder (written by their `licm` commands).
 RESULTS = {"composition": "composition/composition.json", "independence": "independence/independence.json",

@@ -58,7 +58,7 @@ def fisher_p(k1: int, n1: int, k0: int, n0: int) -> float:
     return min(1.0, sum(q for q in pmf.values() if q <= seen))
 
 
-def holm(pvalues: dict[str, float]) -> dict[str, float]:
+def holm(pvalues: dict) -> dict:
     """Holm's step-down adjustment: the i-th smallest p times (m - i + 1), made monotone, capped at 1."""
     order = sorted(pvalues, key=pvalues.get)
     m, running, out = len(order), 0.0, {}
@@ -77,8 +77,8 @@ def wilcoxon_p(differences) -> float:
     d = d[d != 0]
     if d.size == 0:
         return 1.0
-    a = np.abs(d)
-    ranks2 = np.array([np.sum(a < x) + np.sum(a <= x) + 1 for x in a], dtype=np.int64)   # 2 x average rank
+    a = np.sort(np.abs(d))
+    ranks2 = np.searchsorted(a, np.abs(d), "left") + np.searchsorted(a, np.abs(d), "right") + 1  # 2 x average rank
     counts = np.zeros(int(ranks2.sum()) + 1)
     counts[0] = 1.0
     for r in ranks2:                                    # each rank joins the positive sum or not

@@ -221,11 +221,12 @@ def restore(state: State, work: Path, k: int) -> None:
         return
     if not (HOME / "repo" / ".git").is_dir():
         ensure_clone(work, state.target())
-    log(f"seed {k}: restored from {published(work, state, k)} (published; not trained again)")
+    src = published(work, state, k)
+    log(f"seed {k}: restored from {src} (published; not trained again)")
     shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(published(work, state, k), run)
+    shutil.copytree(src, run)
     ev.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(published(work, state, k).parents[2] / "eval" / EXPERIMENT / f"seed{k}.json", ev)
+    shutil.copyfile(src.parents[2] / "eval" / EXPERIMENT / f"seed{k}.json", ev)
 
 
 def allowed_rules(repo: Path, exclude: tuple[str, ...]) -> list[str]:
