@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -247,6 +248,66 @@ def test_build_record_change_push_pull(repo, tmp_path):
                .update(iterations=7))
     assert trained(sh(f"{SMK} -n report", clone).stdout) == {"experiment=main, seed=0"}
     print(f"whole test: {time.time() - t0:.0f}s")
+
+
+def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
+    """The CPU campaign's last step, on the smoke tree: `licm publish-seed` puts seeds into a snapshot one
+    by one, `licm publish --campaign` completes it (report, index.json with every seed's attempts and
+    wall time, README), the seed the figures do not show keeps the outputs of its last evaluation only
+    (its winners, weights and history unchanged), and a snapshot over publish.budget_mb is refused with
+    the snapshot left as it was."""
+    from licm.publish import kept_outputs
+    from licm.rundir import RunDir
+
+    if not (repo / "results/report/index.html").is_file():
+        sh(f"{SMK} report", repo, timeout=600)
+    root, snap = tmp_path / "root", tmp_path / "snap"
+    root.mkdir()
+    (root / "results").symlink_to(repo / "results")          # publish reads root/results and root/params.yaml
+    shutil.copyfile(repo / "params.yaml", root / "params.yaml")
+    attempt = {"commit": "c0ffee", "start": "2026-12-06T00:00:00+00:00"}
+    campaign = {"created": "2026-12-06T00:00:00+00:00", "seeds": {
+        "0": {"commit": "c0ffee", "attempts": [{**attempt, "end": "2026-12-06T00:10:00+00:00", "how": "finished"}]},
+        "1": {"commit": "c0ffee", "attempts": [{**attempt, "end": None, "how": "interrupted",
+                                                "last_seen": "2026-12-06T00:05:00+00:00"},
+                                               {**attempt, "start": "2026-12-06T01:00:00+00:00",
+                                                "end": "2026-12-06T01:07:00+00:00", "how": "finished"}]}}}
+    (tmp_path / "campaign.json").write_text(json.dumps(campaign))
+    sh(f"licm publish-seed --run results/runs/main/seed0 --eval results/eval/main/seed0.json "
+       f"--campaign {tmp_path / 'campaign.json'} --out {snap / 'runs/main/seed0'}", root)
+    shutil.copytree(snap / "runs/main/seed0", snap / "runs/main/seed1")      # a second published seed
+    shutil.copyfile(snap / "eval/main/seed0.json", snap / "eval/main/seed1.json")
+    kept = {f: (snap / "runs/main/seed1" / f).read_bytes() for f in ("checkpoint.pt", "history.csv.gz", "metrics.json")}
+
+    sh(f"licm publish . --campaign {tmp_path / 'campaign.json'} --out {snap}", root)
+    index = json.loads((snap / "index.json").read_text())
+    seeds = index["campaign"]["seeds"]
+    assert (seeds["0"]["wall_seconds"], seeds["0"]["interruptions"]) == (600, 0)
+    assert (seeds["1"]["wall_seconds"], seeds["1"]["interruptions"]) == (300 + 420, 1)
+    assert index["campaign"]["training_wall_seconds"] == 1320 and index["model"]["seed"] == 0
+    assert index["bytes"] <= index["budget_bytes"] == 80_000_000
+    assert (snap / "report/index.html").is_file() and "(seed 0)" in " ".join((snap / "README.md").read_text().split())
+    shown, other = RunDir(snap / "runs/main/seed0"), RunDir(snap / "runs/main/seed1")
+    its = shown.evaluation_iterations()
+    target = json.loads((snap / "runs/main/seed0/params.json").read_text())["figures"]["target_iteration"]
+    assert other.evaluation_iterations() == its and len(its) >= 3
+    for run, want in ((shown, kept_outputs(its, target)), (other, {its[-1]})):
+        with_outputs = set()
+        for it in its:
+            with np.load(run.path / f"evaluation/it{it:06d}.npz") as z, \
+                    np.load(shown.path / f"evaluation/it{it:06d}.npz") as ref:
+                np.testing.assert_array_equal(z["winner"], ref["winner"])
+                if "outputs" in z.files:
+                    with_outputs.add(it)
+                    np.testing.assert_array_equal(z["outputs"], ref["outputs"])
+        assert with_outputs == want, (run.path.name, with_outputs, want)
+    assert {f: (snap / "runs/main/seed1" / f).read_bytes() for f in kept} == kept
+
+    before = tree_hashes(snap, ".")
+    set_params(root, lambda p: p["publish"].update(budget_mb=1))
+    out = sh(f"licm publish . --campaign {tmp_path / 'campaign.json'} --out {snap}", root, check=False)
+    assert out.returncode != 0 and "over publish.budget_mb" in out.stderr, out.stderr
+    assert tree_hashes(snap, ".") == before and not list(tmp_path.glob(".snap*"))
 
 
 @pytest.mark.parametrize("module, old, new, stale", [

@@ -80,3 +80,22 @@ def test_published_metrics_agree_with_their_evaluation_files(run):
         model = classifier.load_classifier(clf_path, "cpu")
         ok = classifier.predict(model, last["outputs"].astype(np.float32) / 255.0) == digits["label"]
         assert abs(float(ok.mean()) - ev["final"]["accuracy_experts"]) < 1e-12
+
+
+SNAPSHOTS = sorted(p for p in (REPO / "published").glob("*") if p.is_dir())
+
+
+@pytest.mark.skipif(not SNAPSHOTS, reason="nothing published yet (published/*/)")
+@pytest.mark.parametrize("snapshot", SNAPSHOTS, ids=lambda p: p.name)
+def test_published_snapshot_is_within_its_budget(snapshot):
+    """Everything under published/ is in git: each snapshot stays within params.yaml's publish.budget_mb.
+    A campaign still publishing its seeds is held to its share: the seeds so far, scaled to all of them."""
+    from licm import config
+
+    params = config.load(REPO / "params.yaml", profile="paper")
+    budget = params["publish"]["budget_mb"] * 1e6
+    size = sum(p.stat().st_size for p in snapshot.rglob("*") if p.is_file())
+    seeds = [p for p in snapshot.glob("runs/main/seed*") if p.is_dir()]
+    if not (snapshot / "index.json").is_file() and seeds:   # seeds published one by one, no report yet
+        size = size / len(seeds) * len(config.seeds(params, "main"))
+    assert size <= budget, f"{snapshot.name}: {size / 1e6:.1f} MB (projected), budget {budget / 1e6:.0f} MB"

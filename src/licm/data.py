@@ -310,6 +310,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False)
         with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as z:
             for key in sorted(arrays):
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = method     # writestr(ZipInfo) ignores the ZipFile's compression
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
                 z.writestr(info, buf.getvalue())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from licm import checkpoint, config, paths
@@ -105,6 +106,10 @@ def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | No
     model = out / "runs" / experiment / f"seed{seed}"
     if not (model / "checkpoint.pt").is_file():         # a campaign published every seed's weights already
         export_weights(folder, model)
+    if campaign is not None:
+        for other in sorted((out / "runs" / experiment).glob("seed*")):
+            if other != model and (other / "evaluation").is_dir():
+                final_outputs_only(other)
     clf = res / "classifier" / "classifier.pt"
     if clf.is_file():                       # 0.6 MB: lets anyone re-score the published outputs
         _copy(clf, out / "classifier" / "classifier.pt")
@@ -116,8 +121,14 @@ def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | No
         index["campaign"] = campaign_index(campaign, res / "runs" / experiment)
     files = [p for p in sorted(out.rglob("*")) if p.is_file()]
     index["bytes"] = sum(p.stat().st_size for p in files)
+    index["budget_bytes"], index["history_every"] = budget_bytes(params), params["publish"]["history_every"]
     index["largest"] = {str(p.relative_to(out)): p.stat().st_size
                         for p in sorted(files, key=lambda p: -p.stat().st_size)[:3]}
+    if index["bytes"] > index["budget_bytes"]:
+        raise config.LicmError(f"the snapshot would hold {index['bytes'] / 1e6:.1f} MB, over publish.budget_mb "
+                               f"({index['budget_bytes'] / 1e6:.0f} MB); largest: {index['largest']}. Nothing "
+                               "was written; thin it (publish.history_every, licm.publish.kept_outputs) or raise "
+                               "the budget in params.yaml, then publish again")
     if campaign is not None:
         atomic_write_text(out / "README.md", snapshot_readme(index, experiment))
     atomic_write_text(out / "index.json", json.dumps(index, indent=1) + "\n")
@@ -151,12 +162,15 @@ one commit; index.json lists each seed's commit, attempts, interruptions and wal
 - `eval/{experiment}/seed<K>.json`: win matrices and classifier accuracies at every evaluation;
   `classifier/classifier.pt`: the classifier that scored them.
 
-Thinned to stay small (a full run folder is ~70 MB): no optimizer state in the checkpoints (training
-cannot resume from them; `licm.load_run` needs none); history.csv gzip-compressed with the mean D
-scores rounded to 5 decimals (plots need no more); every evaluation keeps each test digit's winner,
-but the experts' outputs (2 MB per evaluation) only after identity initialisation, at the evaluation
-nearest the figures' target iteration and at the end (what LICM Fig. 3 and the final accuracy use).
-`RunDir.evaluation()` asked for outputs returns those evaluations only. Total: {index["bytes"] / 2**20:.1f} MiB.
+Thinned to stay within its budget of {index["budget_bytes"] / 1e6:.0f} MB (a full run folder is ~70 MB): no
+optimizer state in the checkpoints (training cannot resume from them; `licm.load_run` needs none);
+history.csv gzip-compressed, in blocks of {index["history_every"]} iterations (each block's mean D score per
+expert and mechanism, rounded to 5 decimals, and its wins; the figures' 50-iteration moving average
+needs no more); every evaluation keeps each test digit's winner, but the experts' outputs (0.4 MB per
+evaluation, deflated) only at the end (the final accuracy) and, for the seed the figures show (seed
+{index["model"]["seed"]}), also after identity initialisation and at the evaluation nearest the figures' target
+iteration (LICM Fig. 3, the genericity curves). `RunDir.evaluation()` asked for outputs returns those
+evaluations only. Total: {index["bytes"] / 1e6:.1f} MB.
 """
 
 
@@ -189,10 +203,27 @@ def kept_outputs(iterations: list[int], target: int) -> set[int]:
     return {iterations[0], min(iterations, key=lambda it: (abs(it - target), it)), iterations[-1]}
 
 
-def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, campaign: dict | None = None) -> Path:
+def final_outputs_only(folder: Path) -> None:
+    """A published seed that the figures do not show keeps the experts' outputs of its last evaluation
+    only (the final accuracy that tests/test_published.py recomputes); LICM Fig. 3 and the genericity
+    curves read the shown seed's. Rewritten aside by RunDir.compact_copy, then swapped in."""
+    from licm.rundir import RunDir
+
+    run, tmp = RunDir(folder), folder.with_name(f".{folder.name}.thin")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.compact_copy(tmp, {run.evaluation_iterations()[-1]})
+    for p in folder.iterdir():                  # the checkpoint and campaign record: copied as they are
+        if p.is_file() and not (tmp / p.name).exists():
+            shutil.copyfile(p, tmp / p.name)
+    shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, campaign: dict | None = None,
+                 history_every: int = 1) -> Path:
     """A finished run's compact results into `out` (complete or absent: built aside, then renamed):
-    RunDir.compact_copy (metrics, meta, params, compressed history, winners of every evaluation, outputs
-    of kept_outputs), the weights-only checkpoint (licm.load_run loads it on a CPU), the run's
+    RunDir.compact_copy (metrics, meta, params, history in blocks of `history_every` iterations,
+    winners of every evaluation, outputs of kept_outputs), the weights-only checkpoint (licm.load_run loads it on a CPU), the run's
     evaluation JSON beside the runs as <snapshot>/eval/<experiment>/seed<K>.json, and `campaign.json`:
     the campaign's record of this seed (commit, every attempt and how it ended)."""
     from licm.rundir import RunDir
@@ -207,7 +238,7 @@ def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, ca
     export_weights(run.path, tmp)               # before metrics.json: a finished folder is not written to
     if campaign is not None:
         atomic_write_text(tmp / "campaign.json", json.dumps(campaign, indent=1, sort_keys=True) + "\n")
-    run.compact_copy(tmp, kept_outputs(run.evaluation_iterations(), target))
+    run.compact_copy(tmp, kept_outputs(run.evaluation_iterations(), target), history_every=history_every)
     _copy(Path(eval_json), ev_out)
     if out.exists():
         shutil.rmtree(out)
@@ -216,13 +247,26 @@ def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, ca
 
 
 def _cmd_publish_seed(args) -> None:
+    params = config.load(args.params, profile=args.profile)
     campaign = None
     if args.campaign:
         seed = Path(args.run).name.removeprefix("seed")
         campaign = (read_json(Path(args.campaign)) or {}).get("seeds", {}).get(seed)
-    out = publish_seed(args.run, args.eval, args.out, campaign)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    out = publish_seed(args.run, args.eval, args.out, campaign, params["publish"]["history_every"])
+    size = tree_bytes(out)
     print(f"licm publish-seed: {args.run} -> {out} ({size / 2**20:.2f} MiB); licm.load_run('{out}')")
+    seeds = len(config.seeds(params, out.parent.name)) if out.parent.name in params["experiments"] else 1
+    if size * seeds > budget_bytes(params):   # said now, not after the last seed, so the thinning can change
+        print(f"licm publish-seed: warning: {seeds} seeds of this size ({size * seeds / 1e6:.0f} MB) exceed the "
+              f"snapshot's budget (publish.budget_mb: {params['publish']['budget_mb']} MB)", file=sys.stderr)
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def budget_bytes(params: dict) -> int:
+    return int(params["publish"]["budget_mb"] * 1e6)
 
 
 def _cmd_publish(args) -> None:
@@ -279,4 +323,4 @@ def register(sub) -> None:
     q.set_defaults(func=_cmd_publish_seed)
 
 
-__all__ = ["export_weights", "kept_outputs", "publish", "publish_seed"]
+__all__ = ["export_weights", "final_outputs_only", "kept_outputs", "publish", "publish_seed"]
