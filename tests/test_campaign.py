@@ -143,6 +143,14 @@ def test_uninterrupted_campaign_publishes_and_commits_the_seed(uninterrupted):
 
     experts, disc, cfg = licm.load_run(seed)          # the weights-only checkpoint loads on a CPU
     assert experts(torch.zeros(2, 1, 32, 32)).shape == (2, cfg["model"]["experts"], 1, 32, 32)
+    # `make campaign-status` says what the published seed learned, from its metrics.json
+    metrics = json.loads((seed / "metrics.json").read_text())
+    status = subprocess.run([sys.executable, str(DRIVER), "status", "--repo", str(c.work)], env=c.env,
+                            capture_output=True, text=True, check=True).stdout
+    word = "fully specialized" if metrics["fully_specialized"] else "not fully specialized"
+    assert (f"seed 0: published at {head[:10]}, 1 attempt(s); {word}, {metrics['distinct_winners']}/"
+            f"{len(metrics['mechanisms'])} mechanisms held by distinct experts") in status, status
+    assert f"fully specialized so far: {int(metrics['fully_specialized'])} of 1 published" in status, status
 
 
 def test_killed_mid_seed_resumes_and_equals_uninterrupted(work, uninterrupted, tmp_path_factory, mirror):

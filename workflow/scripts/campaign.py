@@ -386,7 +386,7 @@ def status(work: Path) -> int:
     pid = running()
     print(f"campaign: {'running (pid %d)' % pid if pid else 'not running'}; folder {HOME}; "
           f"target {state.data.get('target', '?')[:10]}; publishes to {state.data.get('publish_dir', '?')}")
-    done, walls, todo = 0, [], seeds(work)
+    done, walls, fully, todo = 0, [], 0, seeds(work)
     for k in todo:
         e = state.data["seeds"].get(str(k), {})
         pub = published(work, state, k).joinpath("metrics.json").is_file() if "publish_dir" in state.data else False
@@ -402,19 +402,28 @@ def status(work: Path) -> int:
         line = f"  seed {k}: {what}"
         if e.get("commit"):
             line += f" at {e['commit'][:10]}, {len(e.get('attempts', []))} attempt(s)"
+        if pub:                 # the published metrics.json: what the seed learned
+            m = json.loads(published(work, state, k).joinpath("metrics.json").read_text())
+            fully += bool(m.get("fully_specialized"))
+            line += (f"; {'fully specialized' if m.get('fully_specialized') else 'not fully specialized'}, "
+                     f"{m.get('distinct_winners')}/{len(m.get('mechanisms', []))} mechanisms held by distinct experts")
         logf = HOME / "repo" / "logs" / "train" / EXPERIMENT / f"seed{k}.log"
         if what == "in progress" and logf.is_file():
             last = [x for x in logf.read_text(errors="replace").splitlines() if "it/s" in x][-1:]
             line += f"; {last[0].split(': ', 1)[-1] if last else 'starting'}"
         print(line)
     left = len(todo) - done
-    if walls and left:
-        mean = sum(walls) / len(walls)
-        eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=mean * left)
-        print(f"  {done} done, {left} left; ~{mean / 60:.0f} min per seed: expected finish {eta:%Y-%m-%d %H:%M} UTC "
+    pubs = sum(1 for k in todo if "publish_dir" in state.data and published(work, state, k).joinpath("metrics.json").is_file())
+    so_far = f"; fully specialized so far: {fully} of {pubs} published" if pubs else ""
+    if walls and left:          # a seed's attempts count the time they shared the CPU or were paused: a range
+        fast, mean = min(walls), sum(walls) / len(walls)
+        now_ = dt.datetime.now(dt.timezone.utc)
+        first, last = (now_ + dt.timedelta(seconds=w * left) for w in (fast, mean))
+        print(f"  {done} done, {left} left{so_far}; {fast / 60:.0f}-{mean / 60:.0f} min per seed (fastest-mean, "
+              f"time shared with other work included): expected finish {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC "
               "(running without pause)")
     else:
-        print(f"  {done} done, {left} left")
+        print(f"  {done} done, {left} left{so_far}")
     return 0
 
 
