@@ -386,7 +386,7 @@ def status(work: Path) -> int:
     pid = running()
     print(f"campaign: {'running (pid %d)' % pid if pid else 'not running'}; folder {HOME}; "
           f"target {state.data.get('target', '?')[:10]}; publishes to {state.data.get('publish_dir', '?')}")
-    done, walls, fully, todo = 0, [], 0, seeds(work)
+    done, walls, fully, pubs, todo = 0, [], 0, 0, seeds(work)
     for k in todo:
         e = state.data["seeds"].get(str(k), {})
         pub = published(work, state, k).joinpath("metrics.json").is_file() if "publish_dir" in state.data else False
@@ -404,7 +404,7 @@ def status(work: Path) -> int:
             line += f" at {e['commit'][:10]}, {len(e.get('attempts', []))} attempt(s)"
         if pub:                 # the published metrics.json: what the seed learned
             m = json.loads(published(work, state, k).joinpath("metrics.json").read_text())
-            fully += bool(m.get("fully_specialized"))
+            pubs, fully = pubs + 1, fully + bool(m.get("fully_specialized"))
             line += (f"; {'fully specialized' if m.get('fully_specialized') else 'not fully specialized'}, "
                      f"{m.get('distinct_winners')}/{len(m.get('mechanisms', []))} mechanisms held by distinct experts")
         logf = HOME / "repo" / "logs" / "train" / EXPERIMENT / f"seed{k}.log"
@@ -413,7 +413,6 @@ def status(work: Path) -> int:
             line += f"; {last[0].split(': ', 1)[-1] if last else 'starting'}"
         print(line)
     left = len(todo) - done
-    pubs = sum(1 for k in todo if "publish_dir" in state.data and published(work, state, k).joinpath("metrics.json").is_file())
     so_far = f"; fully specialized so far: {fully} of {pubs} published" if pubs else ""
     if walls and left:          # a seed's attempts count the time they shared the CPU or were paused: a range
         fast, mean = min(walls), sum(walls) / len(walls)
