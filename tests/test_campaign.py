@@ -32,11 +32,16 @@ ITERATIONS, EVERY = 60, 10
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, request) -> Path:
-    """A smoke repository whose main seed trains 60 iterations, checkpointing every 10 (room to kill it)."""
+    """A smoke repository whose main seed trains 60 iterations, checkpointing every 10 (room to kill it),
+    restricted to the main experiment as the paper_main profile is (the campaign's report trains nothing)."""
     source = data_source(lambda: Path(request.getfixturevalue("prepared")["folder"]))
     repo = build_smoke_repo(tmp_path_factory.mktemp("campaign") / "repo", source)
-    set_params(repo, lambda p: p["profiles"]["smoke"]["train"].update(iterations=ITERATIONS,
-                                                                       checkpoint_every=EVERY, eval_every=20))
+
+    def longer_main_only(p: dict) -> None:
+        p["profiles"]["smoke"]["train"].update(iterations=ITERATIONS, checkpoint_every=EVERY, eval_every=20)
+        p["profiles"]["smoke"]["only_experiments"] = ["main"]
+
+    set_params(repo, longer_main_only)
     sh("git commit -qam 'a longer smoke seed'", repo)
     return repo
 
@@ -51,13 +56,15 @@ class Campaign:
                     "LICM_CAMPAIGN_BIN": str(BIN), "LICM_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}
         self.log = root / "driver.log"
 
-    def start(self) -> subprocess.Popen:
+    def start(self, report: bool = False) -> subprocess.Popen:
+        """The driver in the background; without `report` it stops once the seed is published."""
         out = open(self.log, "a")
-        return subprocess.Popen([sys.executable, str(DRIVER), "run", "--repo", str(self.work), "--no-report"],
+        return subprocess.Popen([sys.executable, str(DRIVER), "run", "--repo", str(self.work),
+                                 *([] if report else ["--no-report"])],
                                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def run(self, timeout: int = 1500) -> None:
-        proc = self.start()
+    def run(self, timeout: int = 1500, report: bool = False) -> None:
+        proc = self.start(report)
         assert proc.wait(timeout=timeout) == 0, self.log.read_text()[-4000:]
 
     @property
@@ -167,17 +174,28 @@ def test_killed_mid_seed_resumes_and_equals_uninterrupted(work, uninterrupted, t
 
 def test_deleted_checkout_is_rebuilt_and_published_seeds_never_retrain(work, uninterrupted, tmp_path_factory,
                                                                       mirror):
+    """...and the campaign's last step (the report and the whole snapshot) runs on a new machine from the
+    published seeds alone."""
     c = Campaign(work, tmp_path_factory.mktemp("deleted"), mirror)
     c.kill_mid_seed()
     shutil.rmtree(c.home / "repo")                  # the checkout (and the unfinished seed in it) is gone
     c.run()
     assert_same(c.results(), uninterrupted.results())
-    attempts = len(c.state["seeds"]["0"]["attempts"])
+    attempts = c.state["seeds"]["0"]["attempts"]
+    published = (c.published() / "runs" / "main" / "seed0" / "checkpoint.pt").read_bytes()
     shutil.rmtree(c.home / "repo")                  # again, now that the seed is published
-    c.run()
-    assert len(c.state["seeds"]["0"]["attempts"]) == attempts      # not trained again...
+    c.run(report=True)
+    assert c.state["seeds"]["0"]["attempts"] == attempts             # not trained again...
     assert "seed 0: restored from" in c.log.read_text()             # ...but restored for the report
     assert (c.run_dir / "metrics.json").is_file()
+    snap = c.published()
+    assert (snap / "report" / "index.html").is_file() and (snap / "summary.json").is_file()
+    assert (snap / "runs" / "main" / "seed0" / "checkpoint.pt").read_bytes() == published
+    index = json.loads((snap / "index.json").read_text())["campaign"]
+    assert index["seeds"]["0"]["attempts"] == attempts and index["seeds"]["0"]["interruptions"] == 1
+    assert index["completed"] == c.state["completed"]
+    assert "published: the CPU campaign's report" in sh("git log --format=%s -1", c.work).stdout
+    assert not sh(f"git status --porcelain -- {c.state['publish_dir']}", c.work).stdout.strip()   # committed
 
 
 def test_a_run_is_never_resumed_at_another_commit(work, tmp_path):

@@ -323,13 +323,17 @@ def report(state: State, work: Path, todo: list[int]) -> int:
         log(f"the report failed (exit {rc})")
         return rc
     dest = work / state.data["publish_dir"]
+    state.data["completed"] = now()          # the report is built: index.json records when
+    state.save()
     rc = sh(["licm", "--profile", PROFILE, "publish", str(repo), "--campaign", str(state.path),
              "--out", str(dest)], repo, check=False, env=env(repo)).returncode
-    if rc == 0:
-        commit_paths(work, [dest], "published: the CPU campaign's report, summary, figures and index")
-        state.data["completed"] = now()
+    if rc:
+        log(f"publishing the snapshot failed (exit {rc})")
+        state.data.pop("completed")
         state.save()
-    return rc
+        return rc
+    commit_paths(work, [dest], "published: the CPU campaign's report, summary, figures and index")
+    return 0
 
 
 # ---------------------------------------------------------------- commands
