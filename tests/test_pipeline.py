@@ -268,7 +268,8 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
     attempt = {"commit": "c0ffee", "start": "2026-12-06T00:00:00+00:00"}
     campaign = {"created": "2026-12-06T00:00:00+00:00", "seeds": {
         "0": {"commit": "c0ffee", "attempts": [{**attempt, "end": "2026-12-06T00:10:00+00:00", "how": "finished"}]},
-        "1": {"commit": "c0ffee", "attempts": [{**attempt, "end": None, "how": "interrupted",
+        "1": {"commit": "c0ffee", "attempts": [{**attempt, "end": None, "how": "interrupted"},    # length unknown
+                                               {**attempt, "end": None, "how": "interrupted",
                                                 "last_seen": "2026-12-06T00:05:00+00:00"},
                                                {**attempt, "start": "2026-12-06T01:00:00+00:00",
                                                 "end": "2026-12-06T01:07:00+00:00", "how": "finished"}]}}}
@@ -283,10 +284,13 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
     index = json.loads((snap / "index.json").read_text())
     seeds = index["campaign"]["seeds"]
     assert (seeds["0"]["wall_seconds"], seeds["0"]["interruptions"]) == (600, 0)
-    assert (seeds["1"]["wall_seconds"], seeds["1"]["interruptions"]) == (300 + 420, 1)
+    assert (seeds["1"]["wall_seconds"], seeds["1"]["interruptions"]) == (300 + 420, 2)
+    assert (seeds["0"]["unmeasured_attempts"], seeds["1"]["unmeasured_attempts"]) == (0, 1)
     assert index["campaign"]["training_wall_seconds"] == 1320 and index["model"]["seed"] == 0
     assert index["bytes"] <= index["budget_bytes"] == 80_000_000
-    assert (snap / "report/index.html").is_file() and "(seed 0)" in " ".join((snap / "README.md").read_text().split())
+    readme = " ".join((snap / "README.md").read_text().split())
+    assert (snap / "report/index.html").is_file() and "(seed 0)" in readme
+    assert "Seed 1: an attempt was killed before" in readme and "lower bound" in readme
     shown, other = RunDir(snap / "runs/main/seed0"), RunDir(snap / "runs/main/seed1")
     its = shown.evaluation_iterations()
     target = json.loads((snap / "runs/main/seed0/params.json").read_text())["figures"]["target_iteration"]

@@ -147,12 +147,17 @@ def snapshot_readme(index: dict, experiment: str) -> str:
     seeds = sorted(c["seeds"], key=int)
     cpus = sorted({str(v["cpu"]) for v in c["seeds"].values()})
     commits = sorted({str(v["commit"])[:10] for v in c["seeds"].values()})
+    lower = [k for k in seeds if c["seeds"][k].get("unmeasured_attempts")]
+    bounds = (f" Seed{'s' if len(lower) > 1 else ''} {', '.join(lower)}: an attempt was killed before the driver "
+              "recorded any sign of life, so its length is unknown and the wall time given is a lower bound."
+              if lower else "")
     return f"""# The main experiment at the papers' scale, on a CPU
 
 Made by the CPU campaign (`make campaign`, workflow/scripts/campaign.py): Snakemake at the `paper_main`
 profile (the `paper` profile restricted to the main experiment), one seed per training job, CPU, fp32,
 2 threads ({', '.join(cpus)}); seeds {', '.join(seeds)}; commits {', '.join(commits)} (each seed trained from
-one commit; index.json lists each seed's commit, attempts, interruptions and wall time).
+one commit; index.json lists each seed's commit, attempts, interruptions and wall time: the attempts'
+durations added up, the pauses between working sessions not counted).{bounds}
 
 - `report/index.html`: the report (open it in a browser); `summary.json`: numbers and verdicts per claim.
 - `runs/{experiment}/seed<K>/`: `metrics.json`, `meta.json` (commit, CPU model and flags, threads, torch,
@@ -183,10 +188,14 @@ def campaign_index(campaign: dict, runs: Path) -> dict:
         meta = read_json(runs / f"seed{k}" / "meta.json") or {}
         attempts = entry.get("attempts", [])
         wall = sum(_seconds(a["start"], a.get("end") or a.get("last_seen")) or 0.0 for a in attempts)
+        # an attempt killed before the driver recorded a sign of life has no known length: it adds
+        # nothing, and the seed's wall time is then a lower bound (said in the snapshot's README)
+        unmeasured = sum(1 for a in attempts if not (a.get("end") or a.get("last_seen")))
         total += wall
         seeds[k] = {"commit": entry.get("commit"), "cpu": (meta.get("cpu") or {}).get("model"),
                     "cpu_flags": (meta.get("cpu") or {}).get("flags"), "threads": meta.get("threads"),
                     "torch": meta.get("torch"), "precision": meta.get("precision"), "wall_seconds": round(wall),
+                    "unmeasured_attempts": unmeasured,
                     "attempts": attempts, "interruptions": sum(1 for a in attempts if a.get("how") != "finished"),
                     "resumed": meta.get("resumed", []), "started": meta.get("started"),
                     "finished": meta.get("finished")}
