@@ -187,10 +187,10 @@ def campaign_index(campaign: dict, runs: Path) -> dict:
     for k, entry in sorted(campaign.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
         meta = read_json(runs / f"seed{k}" / "meta.json") or {}
         attempts = entry.get("attempts", [])
-        wall = sum(_seconds(a["start"], a.get("end") or a.get("last_seen")) or 0.0 for a in attempts)
-        # an attempt killed before the driver recorded a sign of life has no known length: it adds
+        # an attempt killed before the driver recorded a sign of life has no known length (None): it adds
         # nothing, and the seed's wall time is then a lower bound (said in the snapshot's README)
-        unmeasured = sum(1 for a in attempts if not (a.get("end") or a.get("last_seen")))
+        lengths = [_seconds(a["start"], a.get("end") or a.get("last_seen")) for a in attempts]
+        wall, unmeasured = sum(x for x in lengths if x is not None), lengths.count(None)
         total += wall
         seeds[k] = {"commit": entry.get("commit"), "cpu": (meta.get("cpu") or {}).get("model"),
                     "cpu_flags": (meta.get("cpu") or {}).get("flags"), "threads": meta.get("threads"),
