@@ -6,6 +6,7 @@ outputs and classifier."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,34 @@ def test_published_snapshot_is_within_its_budget(snapshot):
     if not (snapshot / "index.json").is_file() and seeds:   # seeds published one by one, no report yet
         size = size / len(seeds) * len(config.seeds(params, "main"))
     assert size <= budget, f"{snapshot.name}: {size / 1e6:.1f} MB (projected), budget {budget / 1e6:.0f} MB"
+
+
+CAMPAIGNS = sorted(p for p in SNAPSHOTS if p.name.startswith("paper-cpu-") and (p / "runs" / "main").is_dir())
+ROW = re.compile(r"^\| (\d+) \| (.+?) \| (\d+)/10 \| ([\d.]+) % / ([\d.]+) % \| ([0-9a-f]{7,40}) \|$", re.M)
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+@pytest.mark.skipif(not CAMPAIGNS, reason="no CPU campaign published yet (published/paper-cpu-*/runs/main)")
+@pytest.mark.parametrize("snapshot", CAMPAIGNS, ids=lambda p: p.name)
+def test_readme_published_numbers_equal_the_snapshot(snapshot):
+    """README's "Published results" is written by hand; every number in its per-seed table, the count
+    of seeds and the classifier's accuracies must equal the snapshot's own files."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Published results"):]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    assert f"published/{snapshot.name}/" in section
+    rows = {int(m[1]): m for m in ROW.finditer(section)}
+    seeds = sorted(int(p.name[4:]) for p in (snapshot / "runs" / "main").glob("seed*") if p.is_dir())
+    assert sorted(rows) == seeds, f"README rows {sorted(rows)}, published seeds {seeds}"
+    assert f"{NUMBER_WORDS[len(seeds)]} seeds of ten" in section or len(seeds) == 10
+    for seed, row in rows.items():
+        metrics = json.loads((snapshot / "runs" / "main" / f"seed{seed}" / "metrics.json").read_text())
+        meta = json.loads((snapshot / "runs" / "main" / f"seed{seed}" / "meta.json").read_text())
+        ev = json.loads((snapshot / "eval" / "main" / f"seed{seed}.json").read_text())
+        assert row[2].startswith("**yes**") == metrics["fully_specialized"], row[0]
+        assert int(row[3]) == metrics["distinct_winners"], row[0]
+        assert row[4] == f"{100 * ev['steps'][0]['accuracy_experts']:.2f}", row[0]
+        assert row[5] == f"{100 * ev['final']['accuracy_experts']:.2f}", row[0]
+        assert meta["git_commit"].startswith(row[6]), row[0]
+        transformed, original = f"{100 * ev['accuracy_transformed']:.2f} %", f"{100 * ev['accuracy_original']:.2f} %"
+        assert f"{transformed} of the transformed test digits and {original} of the originals" in section
