@@ -291,6 +291,7 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
     readme = " ".join((snap / "README.md").read_text().split())
     assert (snap / "report/index.html").is_file() and "(seed 0)" in readme
     assert "Seed 1: an attempt was killed before" in readme and "lower bound" in readme
+    assert f'licm.load_run("{snap.parent.name}/snap/runs/main/seed<K>")' in readme    # a path, not a placeholder
     shown, other = RunDir(snap / "runs/main/seed0"), RunDir(snap / "runs/main/seed1")
     its = shown.evaluation_iterations()
     target = json.loads((snap / "runs/main/seed0/params.json").read_text())["figures"]["target_iteration"]

@@ -87,9 +87,11 @@ def _copy_runs(res: Path, out: Path) -> dict:
     return {k: v if k == "experiments" else sorted(v, key=str) for k, v in held.items()}
 
 
-def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | None = None) -> dict:
+def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | None = None,
+            where: str | None = None) -> dict:
     """Copy the publishable files of the tree `root` (with results/) into `out` and export the weights of
-    `experiment`'s typical seed; write and return out/index.json (what the snapshot holds)."""
+    `experiment`'s typical seed; write and return out/index.json (what the snapshot holds). `where`: how
+    a campaign snapshot's README names its folder (out is a temporary folder while it is built)."""
     from licm import runs
 
     res = root / "results"
@@ -130,7 +132,7 @@ def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | No
                                "was written; thin it (publish.history_every, licm.publish.kept_outputs) or raise "
                                "the budget in params.yaml, then publish again")
     if campaign is not None:
-        atomic_write_text(out / "README.md", snapshot_readme(index, experiment))
+        atomic_write_text(out / "README.md", snapshot_readme(index, experiment, where or str(out)))
     atomic_write_text(out / "index.json", json.dumps(index, indent=1) + "\n")
     return index
 
@@ -141,8 +143,9 @@ def _seconds(a: str | None, b: str | None) -> float | None:
     return (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()
 
 
-def snapshot_readme(index: dict, experiment: str) -> str:
-    """The snapshot's README: what it holds, what was thinned and why, how to load a seed."""
+def snapshot_readme(index: dict, experiment: str, where: str) -> str:
+    """The snapshot's README: what it holds, what was thinned and why, how to load a seed (`where`: the
+    snapshot's folder from the repository's root, e.g. published/paper-cpu-<date>)."""
     c = index["campaign"]
     seeds = sorted(c["seeds"], key=int)
     cpus = sorted({str(v["cpu"]) for v in c["seeds"].values()})
@@ -162,7 +165,8 @@ durations added up, the pauses between working sessions not counted).{bounds}
 - `report/index.html`: the report (open it in a browser); `summary.json`: numbers and verdicts per claim.
 - `runs/{experiment}/seed<K>/`: `metrics.json`, `meta.json` (commit, CPU model and flags, threads, torch,
   times, resumes), `params.json`, `campaign.json` (this seed's attempts), `checkpoint.pt` (committee and
-  discriminator only: `licm.load_run("{{this folder}}/runs/{experiment}/seed<K>")` loads it on a CPU),
+  discriminator only: `licm.load_run("{where}/runs/{experiment}/seed<K>")`, from the repository's root,
+  loads it on a CPU),
   `history.csv.gz` and `evaluation/`.
 - `eval/{experiment}/seed<K>.json`: win matrices and classifier accuracies at every evaluation;
   `classifier/classifier.pt`: the classifier that scored them.
@@ -294,7 +298,7 @@ def _cmd_publish(args) -> None:
         shutil.copytree(out, tmp)
         shutil.rmtree(tmp / "report", ignore_errors=True)
     try:
-        index = publish(root, tmp, args.experiment, campaign)
+        index = publish(root, tmp, args.experiment, campaign, where=f"{out.parent.name}/{out.name}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
