@@ -137,6 +137,8 @@ def test_c1_verdict_follows_the_interval(tmp_path, k, verdict):
     lo, hi = stats.binomial_interval(k, 10)
     assert entry["numbers"]["fully specialized seeds"] == f"{k}/10 (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
     assert entry["numbers"]["other seeds with one expert on two mechanisms (and one on none)"] == f"{10 - k}/{10 - k}"
+    shared = "; ".join(f"seed {s}: m0 + m1" for s in range(k, 10)) or "none"   # _write_experiment's merge
+    assert entry["numbers"]["mechanisms sharing an expert"] == shared
 
 
 def test_reduced_scale_and_not_run(tmp_path):

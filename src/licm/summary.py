@@ -65,7 +65,8 @@ def claim_c1(main: Experiment) -> dict:
     one_on_two = sum(1 for d, r in zip(main.distinct(), main.runs) if not r["fully_specialized"] and d == M - 2)
     numbers = {"fully specialized seeds": _count(k, n), "paper": "7/10",
                "mechanisms won by distinct experts, per seed": main.distinct(),
-               "other seeds with one expert on two mechanisms (and one on none)": f"{one_on_two}/{n - k}"}
+               "other seeds with one expert on two mechanisms (and one on none)": f"{one_on_two}/{n - k}",
+               "mechanisms sharing an expert": _shared(main.runs) or "none"}
     if k == 0:
         verdict, why = "not reproduced", "no seed specializes fully"
     elif lo <= 0.7 <= hi:
@@ -73,6 +74,18 @@ def claim_c1(main: Experiment) -> dict:
     else:
         verdict, why = "partly reproduced", "some seeds specialize fully, but the rate's interval excludes 7/10"
     return _entry([main], numbers, verdict, f"{k} of {n} seeds fully specialized ({_count(k, n)}); {why}.")
+
+
+def _shared(runs: list[dict]) -> str:
+    """Which mechanisms one expert holds together, per seed ("seed 0: translate_right + noise"): whether
+    the seeds that fall short merge the same mechanisms is the first question about them."""
+    out = []
+    for r in runs:
+        held: dict[int, list[str]] = {}
+        for mechanism, expert in zip(r["mechanisms"], r["top_expert"]):
+            held.setdefault(expert, []).append(mechanism)
+        out += [f"seed {r['seed']}: {' + '.join(ms)}" for ms in held.values() if len(ms) > 1]
+    return "; ".join(out)
 
 
 def _reach_iteration(exp: Experiment) -> int | None:
