@@ -190,6 +190,8 @@ def test_deleted_checkout_is_rebuilt_and_published_seeds_never_retrain(work, uni
     assert (c.run_dir / "metrics.json").is_file()
     snap = c.published()
     assert (snap / "report" / "index.html").is_file() and (snap / "summary.json").is_file()
+    drawn = (c.home / "repo" / "logs" / "figures_runs.log").read_text()
+    assert "licm-fig4.png (drawn)" in drawn, drawn      # from the published history (history.csv.gz)
     assert (snap / "runs" / "main" / "seed0" / "checkpoint.pt").read_bytes() == published
     index = json.loads((snap / "index.json").read_text())["campaign"]
     assert index["seeds"]["0"]["attempts"] == attempts and index["seeds"]["0"]["interruptions"] == 1

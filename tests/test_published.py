@@ -83,6 +83,21 @@ def test_published_metrics_agree_with_their_evaluation_files(run):
         assert abs(float(ok.mean()) - ev["final"]["accuracy_experts"]) < 1e-12
 
 
+@pytest.mark.skipif(not RUNS, reason="nothing published yet (published/*/runs/*/seed*/checkpoint.pt)")
+@pytest.mark.parametrize("run", RUNS, ids=_id)
+def test_published_seed_holds_what_the_figures_read(run):
+    """The campaign's report draws its figures from published seeds restored into results/ (thinned:
+    history.csv.gz, not history.csv); each must count as holding every artifact the figures ask for."""
+    from licm import figures, runs
+
+    for needs in ("params", "history", "checkpoint", "evaluation"):
+        folder = runs.run_dir(run, run.parent.name, needs)
+    metrics = json.loads((run / "metrics.json").read_text())
+    curves = figures.score_curves(folder.history(), metrics["mechanisms"], len(metrics["top_expert"]), window=50)
+    its, smooth = curves[metrics["mechanisms"][0]]
+    assert its[-1] == metrics["iterations"] and np.isfinite(smooth).all()
+
+
 SNAPSHOTS = sorted(p for p in (REPO / "published").glob("*") if p.is_dir())
 
 

@@ -160,15 +160,21 @@ class RunDir:
         its = sorted(int(p.stem[2:]) for p in self.evaluation_dir.glob("it*.npz"))
         return [i for i in its if upto is None or i <= upto]
 
+    @property
+    def history_file(self) -> Path:
+        """history.csv, or a published folder's history.csv.gz (thinned, compressed) where only that exists."""
+        path = self.path / "history.csv"
+        return self.path / "history.csv.gz" if not path.is_file() and (self.path / "history.csv.gz").is_file() else path
+
+    def has_history(self) -> bool:
+        return self.history_file.is_file()
+
     def history(self):
         import pandas as pd
 
-        path = self.path / "history.csv"
-        if not path.is_file() and (self.path / "history.csv.gz").is_file():
-            path = self.path / "history.csv.gz"          # a published folder's (compressed)
-        if not path.is_file():
-            raise LicmError(f"{path}: missing. Fix: run `licm train` for {self.path}")
-        return pd.read_csv(path)
+        if not self.has_history():
+            raise LicmError(f"{self.history_file}: missing. Fix: run `licm train` for {self.path}")
+        return pd.read_csv(self.history_file)
 
     # ------------------------------------------------------------ the resume rule
 

@@ -99,7 +99,7 @@ def run_dir(folder: Path, experiment: str, needs: str):
     """The run folder (licm.rundir.RunDir) of a finished run, checked to hold `needs`
     (params, history, checkpoint or evaluation); a missing artifact -> MissingArtifact."""
     run = RunDir(folder)
-    have = {"params": lambda: (run.path / "params.json").is_file(), "history": lambda: (run.path / "history.csv").is_file(),
+    have = {"params": lambda: (run.path / "params.json").is_file(), "history": run.has_history,
             "checkpoint": run.has_checkpoint, "evaluation": lambda: bool(run.evaluation_iterations())}[needs]
     if not have():
         raise MissingArtifact(experiment, f"{run.path} holds no {needs}",
