@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from licm import config, figures, models, runs
+from licm import config, figures, models, plot, runs
 from licm.rundir import RunDir
 from licm.train import run
 
@@ -234,6 +234,7 @@ def test_every_run_figure_is_written(world, tmp_path):
     for fig_id in figures.RUN_FIGURE_IDS:
         width, height = _is_png(out / f"{fig_id}.png")
         assert width > 400 and height > 150, fig_id
+        assert plot.placeholder_reason(out / f"{fig_id}.png") is None, fig_id
 
 
 def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
@@ -252,6 +253,8 @@ def test_missing_experiments_give_labelled_placeholders(world, tmp_path):
     for fig_id in only:
         _is_png(tmp_path / "out" / f"{fig_id}.png")
     assert status["expand-fig8"].startswith("placeholder: expanded: not run at profile smoke")
+    for fig_id in only:         # each PNG says itself that it is a stand-in, and why (the report reads it)
+        assert status[fig_id].startswith("placeholder") and plot.placeholder_reason(tmp_path / "out" / f"{fig_id}.png")
     assert "expand_wasserstein" in status["expand-fig7"] and "does not exist" in status["expand-fig7"]
     assert "experts_16" in status["licm-fig9"] and "experts_6" in status["licm-fig9"]
     assert "holds no evaluation" in status["licm-fig3"] and "no evaluation" in status["licm-fig6"]

@@ -133,6 +133,29 @@ def test_report_structure(report):
     assert not (report["out"] / "assets" / "licm-fig7.png").exists()
 
 
+def test_placeholder_figures_are_labelled_placeholders(tmp_path):
+    """A figure drawn as a stand-in (its experiment not run, a run without history) is called a
+    placeholder on the page, never "figure produced"; a drawn figure still is."""
+    from licm import config, figures, plot, report
+    from licm.runs import MissingArtifact
+
+    figs = tmp_path / "figures"
+    _png(figs / "licm-fig7.png", "tab:red")
+    missing = MissingArtifact("main", "results/runs/main/seed1 holds no history", "re-run `licm train`")
+    figures.placeholder("licm-fig4", [missing], "smoke", figs / "licm-fig4.png", 60)
+    assert plot.placeholder_reason(figs / "licm-fig7.png") is None
+    assert plot.placeholder_reason(figs / "licm-fig4.png") == "experiment main: results/runs/main/seed1 holds no history"
+    params = config.load(write_params(tmp_path, profile="smoke"))
+    page = report.build(params, tmp_path / "r", figures_dir=figs, summary=tmp_path / "none.json",
+                        runs_dir=tmp_path / "noruns", classifier_metrics=tmp_path / "none2.json")
+    text = page.read_text()
+    badge = {i: re.search(rf'<section class="item" id="{i}">.*?class="verdict v-([a-z-]+)"', text, re.S)[1]
+             for i in ("licm-fig4", "licm-fig7", "licm-fig5")}
+    assert badge == {"licm-fig4": "placeholder", "licm-fig7": "figure-produced", "licm-fig5": "not-yet-produced"}
+    assert re.search(r'href="#licm-fig4">licm-fig4</a> &mdash; <em>placeholder</em>', text)
+    assert re.search(r'href="#licm-fig7">licm-fig7</a> &mdash; produced', text)
+
+
 def test_report_without_any_inputs(tmp_path):
     from licm import config, report
 

@@ -98,14 +98,9 @@ def plain_experts(committee) -> list:
 
 def placeholder(path: Path, figure_id: str, reason: str, dpi: int) -> Path:
     """A labelled placeholder figure (the pipeline declares every figure as an output)."""
-    import matplotlib
+    from licm import plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(9, 0.6))
-    fig.text(0.01, 0.98, f"{figure_id}: not drawn (placeholder)\n\nmissing: {reason}", ha="left", va="top", fontsize=9)
-    return save_figure(fig, path, dpi)
+    return plot.placeholder(path, [f"{figure_id}: not drawn (placeholder)", "", f"missing: {reason}"], reason, dpi)
 
 
 def chosen_run(args) -> tuple[Path, str]:

@@ -23,7 +23,7 @@ from typing import Callable
 import matplotlib.ticker
 import numpy as np
 
-from licm import config, data, fidelity, paths, runs, stats
+from licm import config, data, fidelity, paths, plot, runs, stats
 from licm.plot import digit, frame, plt, save
 from licm.runs import MissingArtifact, RunSet, load_evaluation, load_runset, run_dir
 
@@ -385,11 +385,8 @@ def placeholder_lines(fig_id: str, missing: list[MissingArtifact], profile: str)
 
 def placeholder(fig_id: str, missing: list[MissingArtifact], profile: str, out: Path, dpi: int) -> Path:
     """A labelled stand-in PNG (see `placeholder_lines`): the pipeline declares every figure as an output."""
-    lines = placeholder_lines(fig_id, missing, profile)
-    fig = plt.figure(figsize=(9, 0.5))       # the saved image is cropped to the text ("tight" bounding box)
-    fig.text(0.01, 0.98, "\n".join(lines), ha="left", va="top", fontsize=9, wrap=True,
-             bbox={"boxstyle": "round", "facecolor": "#f3f3f3", "edgecolor": "#999999"})
-    return save(fig, out, dpi)
+    reason = "; ".join(f"experiment {m.experiment}: {m.reason}" for m in missing)
+    return plot.placeholder(out, placeholder_lines(fig_id, missing, profile), reason, dpi)
 
 
 # ---------------------------------------------------------------- figure context

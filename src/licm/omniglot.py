@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from licm import config, data, mechanisms, paths
+from licm import config, data, mechanisms, paths, plot
 from licm.config import LicmError
 from licm.plot import off, plt, save
 
@@ -338,11 +338,8 @@ def _not_run(params: dict, experiment: str, reason: str, figs: Path, out: Path) 
     """Labelled placeholder figures and a 'not run' restoration.json: the pipeline declares them as outputs."""
     for fig_id, what in (("licm-fig7", "Omniglot letters through every expert"),
                          ("licm-fig8", "combined mechanisms undone expert by expert")):
-        fig = plt.figure(figsize=(9, 0.5))
-        fig.text(0.01, 0.98, f"{fig_id}: not drawn at profile {params['profile']} (placeholder)\n\n{what}\n\n"
-                             f"missing: {reason}", ha="left", va="top", fontsize=9,
-                 bbox={"boxstyle": "round", "facecolor": "#f3f3f3", "edgecolor": "#999999"})
-        save(fig, figs / f"{fig_id}.png", params["figures"]["dpi"])
+        plot.placeholder(figs / f"{fig_id}.png", [f"{fig_id}: not drawn at profile {params['profile']} (placeholder)",
+                                                  "", what, "", f"missing: {reason}"], reason, params["figures"]["dpi"])
     data.atomic_write_text(out / "restoration.json", json.dumps({"not_run": True, "reason": reason}, indent=1) + "\n")
     print(f"licm omniglot: {experiment} not run ({reason}): placeholders written")
 

@@ -14,13 +14,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 from licm import data  # noqa: E402
 
 
-def save(fig: plt.Figure, path: Path, dpi: int) -> Path:
-    """Render to memory, then write atomically; PNG metadata is fixed so bytes are stable."""
+# The PNG text chunk that marks a stand-in figure, so the report never calls a placeholder "produced".
+PLACEHOLDER_KEY = "licm placeholder"
+
+
+def save(fig: plt.Figure, path: Path, dpi: int, text: dict[str, str] | None = None) -> Path:
+    """Render to memory, then write atomically; PNG metadata is fixed so bytes are stable (`text`: extra
+    PNG text chunks)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None, **(text or {})})
     plt.close(fig)
     data.atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def placeholder(path: Path, lines: list[str], reason: str, dpi: int) -> Path:
+    """A labelled stand-in PNG for a figure that cannot be drawn (the pipelines declare every figure as an
+    output): `lines` in a grey box, and `reason` in its PNG text (`placeholder_reason`)."""
+    fig = plt.figure(figsize=(9, 0.5))       # the saved image is cropped to the text ("tight" bounding box)
+    fig.text(0.01, 0.98, "\n".join(lines), ha="left", va="top", fontsize=9, wrap=True,
+             bbox={"boxstyle": "round", "facecolor": "#f3f3f3", "edgecolor": "#999999"})
+    return save(fig, Path(path), dpi, text={PLACEHOLDER_KEY: reason or "not drawn"})
+
+
+def placeholder_reason(path: Path) -> str | None:
+    """Why the PNG at `path` is a placeholder, or None for a drawn figure (or no PNG)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.text.get(PLACEHOLDER_KEY)
+    except (OSError, ValueError):
+        return None
 
 
 def off(ax) -> None:

@@ -189,6 +189,8 @@ def fidelity_context(block: dict | None, figures_dir: Path, assets: Path) -> dic
 
 def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path, runs_dir: Path,
                   classifier_metrics: Path, timings: dict | None = None) -> dict:
+    from licm import plot      # matplotlib only where a page is built (summarize imports this module)
+
     summary = read_json(summary_path) if summary_path.is_file() else None
     summary_note = (f"{summary_path} read" if summary is not None else
                     f"{summary_path} not found: every claim reads 'not run'")
@@ -199,11 +201,13 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
     for item in ITEMS:
         entry = summary.get(item["id"]) or {}
         figure = copy_figure(figures_dir / f"{item['id']}.png", assets)
+        stand_in = plot.placeholder_reason(figures_dir / f"{item['id']}.png") if figure else None
         verdict = entry.get("verdict")
         if verdict not in VERDICTS:
-            verdict = "not run" if item["kind"] == "claim" else ("figure produced" if figure else "not yet produced")
+            verdict = ("not run" if item["kind"] == "claim" else "placeholder" if stand_in else
+                       "figure produced" if figure else "not yet produced")
         sections.append({
-            **item, "figure": figure, "missing": None if figure else _why_missing(item, runs),
+            **item, "figure": figure, "missing": stand_in or (None if figure else _why_missing(item, runs)),
             "numbers": {k: _fmt(v) for k, v in (entry.get("numbers") or {}).items()},
             "verdict": verdict, "note": entry.get("note", ""),
             "related": item.get("related", []),
