@@ -145,10 +145,13 @@ def test_placeholder_figures_are_labelled_placeholders(tmp_path):
     figures.placeholder("licm-fig4", [missing], "smoke", figs / "licm-fig4.png", 60)
     assert plot.placeholder_reason(figs / "licm-fig7.png") is None
     assert plot.placeholder_reason(figs / "licm-fig4.png") == "experiment main: results/runs/main/seed1 holds no history"
+    summary = tmp_path / "summary.json"      # a claim not run is in the summary, without numbers
+    summary.write_text(json.dumps({"licm-c3": {"numbers": {}, "verdict": "not run", "note": "needs no_aii"}}))
     params = config.load(write_params(tmp_path, profile="smoke"))
-    page = report.build(params, tmp_path / "r", figures_dir=figs, summary=tmp_path / "none.json",
+    page = report.build(params, tmp_path / "r", figures_dir=figs, summary=summary,
                         runs_dir=tmp_path / "noruns", classifier_metrics=tmp_path / "none2.json")
     text = page.read_text()
+    assert "no entry for licm-c4 in the summary" in text and "no entry for licm-c3" not in text
     badge = {i: re.search(rf'<section class="item" id="{i}">.*?class="verdict v-([a-z-]+)"', text, re.S)[1]
              for i in ("licm-fig4", "licm-fig7", "licm-fig5")}
     assert badge == {"licm-fig4": "placeholder", "licm-fig7": "figure-produced", "licm-fig5": "not-yet-produced"}
@@ -164,6 +167,7 @@ def test_report_without_any_inputs(tmp_path):
                         runs_dir=tmp_path / "noruns", classifier_metrics=tmp_path / "none2.json")
     text = page.read_text()
     assert text.count("Not yet produced") == sum(1 for i in report.ITEMS if i["kind"] == "figure")
+    assert text.count("Not yet measured") == sum(1 for i in report.ITEMS if i["kind"] == "claim")
     assert "not run: 12" in text
 
 

@@ -39,7 +39,7 @@ def mechanism_examples(prepared_dir: Path, domain: str, title: str, seed: int, d
     names = data.mechanism_names(prepared_dir, domain)
     test = data.load_split(prepared_dir, domain, "test")
     rows = one_per_mechanism(test, len(names), seed)
-    fig, axes = plt.subplots(1, len(names), figsize=(1.25 * len(names), 1.9))
+    fig, axes = plt.subplots(1, len(names), figsize=(1.25 * len(names), 2.1), layout="constrained")   # no overlaps
     for k, (ax, row) in enumerate(zip(axes, rows)):
         ax.imshow(test["images"][row], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{k}\n" + "\n".join(names[k].split("_", 1)).replace("_", " "), fontsize=7)

@@ -209,7 +209,7 @@ def build_context(params: dict, out: Path, figures_dir: Path, summary_path: Path
         sections.append({
             **item, "figure": figure, "missing": stand_in or (None if figure else _why_missing(item, runs)),
             "numbers": {k: _fmt(v) for k, v in (entry.get("numbers") or {}).items()},
-            "verdict": verdict, "note": entry.get("note", ""),
+            "verdict": verdict, "note": entry.get("note", ""), "in_summary": bool(entry),
             "related": item.get("related", []),
         })
     follow = summary.get(FOLLOW_UP_ID) or {}
