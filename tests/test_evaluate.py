@@ -141,6 +141,17 @@ def test_c1_verdict_follows_the_interval(tmp_path, k, verdict):
     assert entry["numbers"]["mechanisms sharing an expert"] == shared
 
 
+def test_claim_missing_an_experiment_is_not_run_even_at_paper_scale(tmp_path):
+    """expand-c1 reads main and detach_scores: main alone at the papers' scale is not 'reduced scale' (the
+    scale is right) but an incomplete claim: 'not run', naming what it needs and what main alone gives."""
+    _write_experiment(tmp_path, "main", "paper", [True] * 3 + [False] * 7)
+    entry = _summarize(tmp_path)["expand-c1"]
+    assert entry["verdict"] == "not run"
+    assert entry["note"].startswith("Needs detach_scores: ")
+    assert "(main, at the papers' scale) the rule would say" in entry["note"]
+    assert entry["numbers"]["scale"].startswith("main: profile paper: 10 seed(s) x 2000 iterations")
+
+
 def test_reduced_scale_and_not_run(tmp_path):
     _write_experiment(tmp_path, "main", "quick", [True])
     _write_experiment(tmp_path, "expanded", "quick", [False], M=11, selected=False)

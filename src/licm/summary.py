@@ -40,15 +40,23 @@ def _count(k: int, n: int) -> str:
 
 
 def _entry(exps: list[Experiment], numbers: dict, verdict: str, note: str) -> dict:
-    """Apply the scale rule: no run -> not run; reduced scale -> 'reduced scale' with the would-be verdict."""
+    """Apply the scale rule: no run -> not run; some of the claim's experiments not run, the others at the
+    papers' scale -> not run, saying what the runs that exist would give; reduced scale -> 'reduced scale'
+    with the would-be verdict."""
     ran = [e for e in exps if e.ran]
     if not ran:
         return {"numbers": {}, "verdict": "not run",
                 "note": f"experiment(s) {', '.join(e.name for e in exps)} not run in this profile; "
                         f"needs {'; '.join(e.needs() for e in exps)}"}
     numbers = {"scale": "; ".join(f"{e.name}: {e.scale}" for e in ran), **numbers}
-    if not all(e.paper_scale for e in ran) or len(ran) < len(exps):
-        missing = [e.name for e in exps if not e.ran]
+    missing = [e for e in exps if not e.ran]
+    if missing and all(e.paper_scale for e in ran):     # what ran is at scale; the claim needs more
+        return {"numbers": numbers, "verdict": "not run",
+                "note": (f"Needs {'; '.join(e.needs() for e in missing)}. On the runs that exist "
+                         f"({', '.join(e.name for e in ran)}, at the papers' scale) the rule would say '{verdict}': "
+                         f"{note}")}
+    if not all(e.paper_scale for e in ran) or missing:
+        missing = [e.name for e in missing]
         return {"numbers": numbers, "verdict": REDUCED,
                 "note": (f"Not at the papers' scale{' (not run: ' + ', '.join(missing) + ')' if missing else ''}: "
                          f"a pipeline check, not evidence. At paper scale the rule would say '{verdict}': {note}")}
