@@ -137,6 +137,8 @@ def test_uninterrupted_campaign_publishes_and_commits_the_seed(uninterrupted):
     c = uninterrupted
     seed = c.published() / "runs" / "main" / "seed0"
     assert (seed / "metrics.json").is_file() and (seed / "campaign.json").is_file()
+    clf = c.published() / "classifier" / "classifier.pt"                 # published with the first seed
+    assert clf.read_bytes() == (c.home / "repo" / "results" / "classifier" / "classifier.pt").read_bytes()
     log = sh("git log --format=%s -1", c.work).stdout
     assert "published: main seed 0" in log
     assert not sh(f"git status --porcelain -- {c.state['publish_dir']}", c.work).stdout.strip()   # committed
@@ -183,8 +185,12 @@ def test_deleted_checkout_is_rebuilt_and_published_seeds_never_retrain(work, uni
     assert_same(c.results(), uninterrupted.results())
     attempts = c.state["seeds"]["0"]["attempts"]
     published = (c.published() / "runs" / "main" / "seed0" / "checkpoint.pt").read_bytes()
+    clf = (c.published() / "classifier" / "classifier.pt").read_bytes()
     shutil.rmtree(c.home / "repo")                  # again, now that the seed is published
+    logged = len(c.log.read_text())
     c.run(report=True)
+    log = c.log.read_text()[logged:]                # the classifier is restored, never trained again
+    assert "classifier: classifier.pt restored from" in log and "localrule classifier:" not in log, log[-3000:]
     assert c.state["seeds"]["0"]["attempts"] == attempts             # not trained again...
     assert "seed 0: restored from" in c.log.read_text()             # ...but restored for the report
     assert (c.run_dir / "metrics.json").is_file()
@@ -193,6 +199,7 @@ def test_deleted_checkout_is_rebuilt_and_published_seeds_never_retrain(work, uni
     drawn = (c.home / "repo" / "logs" / "figures_runs.log").read_text()
     assert "licm-fig4.png (drawn)" in drawn, drawn      # from the published history (history.csv.gz)
     assert (snap / "runs" / "main" / "seed0" / "checkpoint.pt").read_bytes() == published
+    assert (snap / "classifier" / "classifier.pt").read_bytes() == clf
     index = json.loads((snap / "index.json").read_text())["campaign"]
     assert index["seeds"]["0"]["attempts"] == attempts and index["seeds"]["0"]["interruptions"] == 1
     assert index["completed"] == c.state["completed"]

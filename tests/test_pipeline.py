@@ -274,8 +274,17 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
                                                {**attempt, "start": "2026-12-06T01:00:00+00:00",
                                                 "end": "2026-12-06T01:07:00+00:00", "how": "finished"}]}}}
     (tmp_path / "campaign.json").write_text(json.dumps(campaign))
-    sh(f"licm publish-seed --run results/runs/main/seed0 --eval results/eval/main/seed0.json "
-       f"--campaign {tmp_path / 'campaign.json'} --out {snap / 'runs/main/seed0'}", root)
+    seed = f"--run results/runs/main/seed0 --eval results/eval/main/seed0.json --campaign {tmp_path / 'campaign.json'}"
+    sh(f"licm publish-seed {seed} --classifier results/classifier --out {snap / 'runs/main/seed0'}", root)
+    clf = (repo / "results/classifier/classifier.pt").read_bytes()
+    assert (snap / "classifier/classifier.pt").read_bytes() == clf      # published with the first seed
+    other = tmp_path / "other-classifier"                               # ...and no seed scored by another
+    other.mkdir()
+    (other / "classifier.pt").write_bytes(clf[:-1] + bytes([clf[-1] ^ 1]))
+    shutil.copyfile(repo / "results/classifier/metrics.json", other / "metrics.json")
+    refused = sh(f"licm publish-seed {seed} --classifier {other} --out {snap / 'runs/main/seed9'}", root, check=False)
+    assert refused.returncode != 0 and "which scored the seeds published so far" in refused.stderr, refused.stderr
+    assert not (snap / "runs/main/seed9").exists() and (snap / "classifier/classifier.pt").read_bytes() == clf
     shutil.copytree(snap / "runs/main/seed0", snap / "runs/main/seed1")      # a second published seed
     shutil.copyfile(snap / "eval/main/seed0.json", snap / "eval/main/seed1.json")
     kept = {f: (snap / "runs/main/seed1" / f).read_bytes() for f in ("checkpoint.pt", "history.csv.gz", "metrics.json")}
@@ -288,6 +297,7 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
     assert (seeds["0"]["unmeasured_attempts"], seeds["1"]["unmeasured_attempts"]) == (0, 1)
     assert index["campaign"]["training_wall_seconds"] == 1320 and index["model"]["seed"] == 0
     assert index["bytes"] <= index["budget_bytes"] == 80_000_000
+    assert (snap / "classifier/classifier.pt").read_bytes() == clf and (snap / "classifier/metrics.json").is_file()
     readme = " ".join((snap / "README.md").read_text().split())
     assert (snap / "report/index.html").is_file() and "(seed 0)" in readme
     assert "Seed 1: an attempt was killed before" in readme and "lower bound" in readme

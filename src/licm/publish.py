@@ -41,11 +41,29 @@ def _copy(src: Path, dest: Path) -> None:
     shutil.copyfile(src, dest)
 
 
+def pin_classifier(classifier_dir: Path, snapshot: Path) -> None:
+    """The classifier that scores a campaign's seeds goes into the snapshot with its first seed and is never
+    replaced: every published seed is scored by the same weights (one retrained on another CPU model differs
+    in its last bits, and the campaign may move to another machine). A different classifier is refused
+    before anything is written; the campaign's driver restores the published one instead of training."""
+    src, dest = Path(classifier_dir), Path(snapshot) / "classifier"
+    if not (src / "classifier.pt").is_file():
+        raise config.LicmError(f"{src / 'classifier.pt'}: missing; train the classifier (`licm classifier`) first")
+    if (dest / "classifier.pt").is_file():
+        if (dest / "classifier.pt").read_bytes() != (src / "classifier.pt").read_bytes():
+            raise config.LicmError(f"{src / 'classifier.pt'} differs from {dest / 'classifier.pt'}, which scored the "
+                                   "seeds published so far: evaluate with the published classifier (copy it into "
+                                   f"{src}; the campaign's driver restores it) and publish again")
+        return
+    for name in ("classifier.pt", "metrics.json"):
+        _copy(src / name, dest / name)
+
+
 def _copy_results(root: Path, out: Path) -> None:
-    """The report (with its figures), the summary, the classifier's and Omniglot's numbers, the per-experiment
+    """The report (with its figures), the summary, Omniglot's numbers, the per-experiment
     metrics, the runner's record (wall time per job), the benchmark JSON and the params used."""
     res = root / "results"
-    for name in ("summary.json", "classifier/metrics.json", "omniglot/restoration.json"):
+    for name in ("summary.json", "omniglot/restoration.json"):
         if (res / name).is_file():
             _copy(res / name, out / name)
     shutil.copytree(res / "report", out / "report")
@@ -113,8 +131,12 @@ def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | No
             if other != model and (other / "evaluation").is_dir():
                 final_outputs_only(other)
     clf = res / "classifier" / "classifier.pt"
-    if clf.is_file():                       # 0.6 MB: lets anyone re-score the published outputs
-        _copy(clf, out / "classifier" / "classifier.pt")
+    if campaign is not None:                # the classifier its seeds were published with, checked
+        pin_classifier(clf.parent, out)
+    else:                                   # 0.6 MB: lets anyone re-score the published outputs
+        for f in (clf, clf.parent / "metrics.json"):
+            if f.is_file():
+                _copy(f, out / "classifier" / f.name)
     index = {"created": config.now(), "profile": params["profile"],
              **held, "not_run": [n for n in params["experiments"] if n not in held["experiments"]],
              "model": {"experiment": experiment, "seed": seed, "why": caption, "path": str(model.relative_to(out)),
@@ -233,17 +255,20 @@ def final_outputs_only(folder: Path) -> None:
 
 
 def publish_seed(run_dir: str | Path, eval_json: str | Path, out: str | Path, campaign: dict | None = None,
-                 history_every: int = 1) -> Path:
+                 history_every: int = 1, classifier_dir: str | Path | None = None) -> Path:
     """A finished run's compact results into `out` (complete or absent: built aside, then renamed):
     RunDir.compact_copy (metrics, meta, params, history in blocks of `history_every` iterations,
     winners of every evaluation, outputs of kept_outputs), the weights-only checkpoint (licm.load_run loads it on a CPU), the run's
     evaluation JSON beside the runs as <snapshot>/eval/<experiment>/seed<K>.json, and `campaign.json`:
-    the campaign's record of this seed (commit, every attempt and how it ended)."""
+    the campaign's record of this seed (commit, every attempt and how it ended). With `classifier_dir`, the
+    classifier that scored it (`pin_classifier`: the snapshot's, or the first)."""
     from licm.rundir import RunDir
 
     run, out = RunDir(run_dir), Path(out)
     if not run.is_finished():
         raise config.LicmError(f"{run.path}: not finished (no metrics.json); publish a seed once it has trained")
+    if classifier_dir is not None:
+        pin_classifier(Path(classifier_dir), out.parents[2])
     ev_out = out.parents[2] / "eval" / out.parent.name / f"{out.name}.json"
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -265,7 +290,7 @@ def _cmd_publish_seed(args) -> None:
     if args.campaign:
         seed = Path(args.run).name.removeprefix("seed")
         campaign = (read_json(Path(args.campaign)) or {}).get("seeds", {}).get(seed)
-    out = publish_seed(args.run, args.eval, args.out, campaign, params["publish"]["history_every"])
+    out = publish_seed(args.run, args.eval, args.out, campaign, params["publish"]["history_every"], args.classifier)
     size = tree_bytes(out)
     print(f"licm publish-seed: {args.run} -> {out} ({size / 2**20:.2f} MiB); licm.load_run('{out}')")
     seeds = len(config.seeds(params, out.parent.name)) if out.parent.name in params["experiments"] else 1
@@ -333,7 +358,10 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, help="<snapshot>/runs/<experiment>/seed<K>")
     q.add_argument("--campaign", default=None, help="campaign.json of workflow/scripts/campaign.py: this seed's "
                                                     "record (commit, attempts) goes into the published folder")
+    q.add_argument("--classifier", default=None, help="the folder of the classifier that scored the seed "
+                                                      "(results/classifier): published with the first seed, and "
+                                                      "every later seed's must be the same")
     q.set_defaults(func=_cmd_publish_seed)
 
 
-__all__ = ["export_weights", "final_outputs_only", "kept_outputs", "publish", "publish_seed"]
+__all__ = ["export_weights", "final_outputs_only", "kept_outputs", "pin_classifier", "publish", "publish_seed"]

@@ -19,8 +19,10 @@ main experiment), one seed per training job with 2 threads:
   seeds are never re-run: Snakemake is asked for one seed's metrics.json at a time and, after
   training, runs with the training rules excluded (--allowed-rules).
 - After each seed: its evaluation (the paper classifier) and `licm publish-seed` into the work tree's
-  published/paper-cpu-<date>/runs/main/seed<K>/, committed at once (only that folder). After the last
-  seed: the report and the whole snapshot (`licm publish --campaign`).
+  published/paper-cpu-<date>/runs/main/seed<K>/, committed at once (only that folder). The classifier
+  is published with the first seed and restored from there, never trained again: every seed is scored
+  by the same weights, whichever machine the campaign moves to. After the last seed: the report and the
+  whole snapshot (`licm publish --campaign`).
 - campaign.json records per seed its commit, every attempt (start, end, how it ended) and the wall
   time; the published index copies it.
 
@@ -53,6 +55,8 @@ SNAKEMAKE = ["snakemake", "--workflow-profile", "workflow/profiles/default", "--
              "--config", f"profile={PROFILE}", "restart_if_changed=false"]
 # Rules that train: never scheduled once a seed has finished (evaluation and reporting only).
 TRAIN_RULES = ("train",)
+# The classifier's rule: never scheduled once a classifier is published (restore_classifier).
+CLASSIFIER_RULES = ("classifier",)
 EQUIVALENCE = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "tests/test_train.py",
                "-k", "equals_plain_reference"]
 
@@ -191,21 +195,22 @@ def train_seed(state: State, work: Path, k: int) -> bool:
 
 
 def publish_seed(state: State, work: Path, k: int) -> bool:
-    """Evaluate seed k (paper classifier) and publish its compact results into the work tree, committed."""
+    """Evaluate seed k (paper classifier) and publish its compact results into the work tree, committed
+    (with the classifier, the first time)."""
     repo = ensure_clone(work, state.target())
-    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=TRAIN_RULES), "--",
-                   f"results/eval/{EXPERIMENT}/seed{k}.json")
+    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=TRAIN_RULES + restore_classifier(work, state)),
+                   "--", f"results/eval/{EXPERIMENT}/seed{k}.json")
     if rc:
         log(f"seed {k}: evaluation failed (exit {rc}); retried at the next start")
         return False
     dest = published(work, state, k)
     rc = sh(["licm", "--profile", PROFILE, "publish-seed", "--run", str(run_dir(repo, k)),
              "--eval", f"results/eval/{EXPERIMENT}/seed{k}.json", "--campaign", str(state.path),
-             "--out", str(dest)], repo, check=False, env=env(repo)).returncode
+             "--classifier", "results/classifier", "--out", str(dest)], repo, check=False, env=env(repo)).returncode
     if rc:
         log(f"seed {k}: publishing failed (exit {rc}); retried at the next start")
         return False
-    commit_paths(work, [dest, dest.parents[2] / "eval" / EXPERIMENT / f"seed{k}.json"],
+    commit_paths(work, [dest, dest.parents[2] / "eval" / EXPERIMENT / f"seed{k}.json", dest.parents[2] / "classifier"],
                  f"published: main seed {k} at the papers' scale on the CPU "
                                 f"({state.seed(k).get('commit', '?')[:10]})")
     state.seed(k)["published"] = now()
@@ -227,6 +232,22 @@ def restore(state: State, work: Path, k: int) -> None:
     shutil.copytree(src, run)
     ev.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src.parents[2] / "eval" / EXPERIMENT / f"seed{k}.json", ev)
+
+
+def restore_classifier(work: Path, state: State) -> tuple[str, ...]:
+    """The classifier published with the first seed (licm publish-seed --classifier) into the clone, where it
+    differs or is missing, so that every seed is scored by it on any machine; the rules then not to run
+    (the classifier's, which would train it again after a code change or on a new clone's data)."""
+    src = work / state.data["publish_dir"] / "classifier"
+    if not (src / "classifier.pt").is_file():
+        return ()
+    dest = HOME / "repo" / "results" / "classifier"
+    for name in ("classifier.pt", "metrics.json"):
+        if not (dest / name).is_file() or (dest / name).read_bytes() != (src / name).read_bytes():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dest / name)
+            log(f"classifier: {name} restored from {src} (the one every published seed was scored by)")
+    return CLASSIFIER_RULES
 
 
 def allowed_rules(repo: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -318,7 +339,9 @@ def report(state: State, work: Path, todo: list[int]) -> int:
     repo = ensure_clone(work, state.target())
     for k in todo:
         restore(state, work, k)
-    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, "evaluate")), "--", "report")
+    pinned = restore_classifier(work, state)
+    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, "evaluate", *pinned)), "--",
+                   "report")
     if rc:
         log(f"the report failed (exit {rc})")
         return rc
