@@ -55,7 +55,7 @@ def _entry(exps: list[Experiment], numbers: dict, verdict: str, note: str) -> di
                 "note": (f"Needs {'; '.join(e.needs() for e in missing)}. On the runs that exist "
                          f"({', '.join(e.name for e in ran)}, at the papers' scale) the rule would say '{verdict}': "
                          f"{note}")}
-    if not all(e.paper_scale for e in ran) or missing:
+    if not all(e.paper_scale for e in ran):
         missing = [e.name for e in missing]
         return {"numbers": numbers, "verdict": REDUCED,
                 "note": (f"Not at the papers' scale{' (not run: ' + ', '.join(missing) + ')' if missing else ''}: "
