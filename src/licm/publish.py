@@ -41,6 +41,10 @@ def _copy(src: Path, dest: Path) -> None:
     shutil.copyfile(src, dest)
 
 
+# What a snapshot's classifier/ holds: the weights that scored its evaluations and their training record.
+CLASSIFIER_FILES = ("classifier.pt", "metrics.json")
+
+
 def pin_classifier(classifier_dir: Path, snapshot: Path) -> None:
     """The classifier that scores a campaign's seeds goes into the snapshot with its first seed and is never
     replaced: every published seed is scored by the same weights (one retrained on another CPU model differs
@@ -55,7 +59,7 @@ def pin_classifier(classifier_dir: Path, snapshot: Path) -> None:
                                    "seeds published so far: evaluate with the published classifier (copy it into "
                                    f"{src}; the campaign's driver restores it) and publish again")
         return
-    for name in ("classifier.pt", "metrics.json"):
+    for name in CLASSIFIER_FILES:
         _copy(src / name, dest / name)
 
 
@@ -134,9 +138,9 @@ def publish(root: Path, out: Path, experiment: str = "main", campaign: dict | No
     if campaign is not None:                # the classifier its seeds were published with, checked
         pin_classifier(clf.parent, out)
     else:                                   # 0.6 MB: lets anyone re-score the published outputs
-        for f in (clf, clf.parent / "metrics.json"):
-            if f.is_file():
-                _copy(f, out / "classifier" / f.name)
+        for name in CLASSIFIER_FILES:
+            if (clf.parent / name).is_file():
+                _copy(clf.parent / name, out / "classifier" / name)
     index = {"created": config.now(), "profile": params["profile"],
              **held, "not_run": [n for n in params["experiments"] if n not in held["experiments"]],
              "model": {"experiment": experiment, "seed": seed, "why": caption, "path": str(model.relative_to(out)),

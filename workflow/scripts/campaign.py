@@ -198,8 +198,9 @@ def publish_seed(state: State, work: Path, k: int) -> bool:
     """Evaluate seed k (paper classifier) and publish its compact results into the work tree, committed
     (with the classifier, the first time)."""
     repo = ensure_clone(work, state.target())
-    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=TRAIN_RULES + restore_classifier(work, state)),
-                   "--", f"results/eval/{EXPERIMENT}/seed{k}.json")
+    pinned = restore_classifier(work, state)
+    rc = snakemake(repo, "--allowed-rules", *allowed_rules(repo, exclude=(*TRAIN_RULES, *pinned)), "--",
+                   f"results/eval/{EXPERIMENT}/seed{k}.json")
     if rc:
         log(f"seed {k}: evaluation failed (exit {rc}); retried at the next start")
         return False
