@@ -141,6 +141,22 @@ def test_c1_verdict_follows_the_interval(tmp_path, k, verdict):
     assert entry["numbers"]["mechanisms sharing an expert"] == shared
 
 
+def _steps(tops: list[list[int]], experts: int) -> dict:
+    """An evaluation file's steps, every 100 iterations, whose win matrices give these winners."""
+    return {"seed": 7, "steps": [{"iteration": 100 * i, "win_matrix": np.eye(experts)[t].tolist()}
+                                 for i, t in enumerate(tops)]}
+
+
+def test_assignment_path_settling_recruits_and_idle_experts():
+    # expert 2 holds nothing at iteration 100 and takes mechanism 2 at 200; expert 1 only lacks one after AII
+    path = summary.assignment_path(_steps([[0, 0, 0], [0, 1, 1], [0, 1, 2], [0, 1, 2]], 3))
+    assert path == {"seed": 7, "settled": 200, "idle_at_end": {}, "recruited": {2: 100}}
+    # expert 2 loses its mechanism at 200 for good; expert 3 never holds one
+    path = summary.assignment_path(_steps([[0, 1, 2], [0, 1, 2], [0, 1, 1], [0, 1, 1]], 4))
+    assert path == {"seed": 7, "settled": 200, "idle_at_end": {2: 200, 3: 0}, "recruited": {}}
+    assert summary._idle_text([path]) == "seed 7: expert 2 (none since iteration 200), expert 3 (none since iteration 0)"
+
+
 def test_claim_missing_an_experiment_is_not_run_even_at_paper_scale(tmp_path):
     """expand-c1 reads main and detach_scores: main alone at the papers' scale is not 'reduced scale' (the
     scale is right) but an incomplete claim: 'not run', naming what it needs and what main alone gives."""

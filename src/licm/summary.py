@@ -75,13 +75,78 @@ def claim_c1(main: Experiment) -> dict:
                "mechanisms won by distinct experts, per seed": main.distinct(),
                "other seeds with one expert on two mechanisms (and one on none)": f"{one_on_two}/{n - k}",
                "mechanisms sharing an expert": _shared(main.runs) or "none"}
+    paths_ = [assignment_path(e) for e in main.evals]
+    if paths_:
+        numbers.update({
+            "winners settled from iteration, per seed": [p["settled"] for p in paths_],
+            "last iteration at which an expert that ends with a mechanism held none, per seed":
+                [max(p["recruited"].values(), default="-") for p in paths_],
+            "experts holding no mechanism at the end": _idle_text(paths_) or "none"})
     if k == 0:
         verdict, why = "not reproduced", "no seed specializes fully"
     elif lo <= 0.7 <= hi:
         verdict, why = "reproduced", "the paper's 7/10 lies inside our 95% interval"
     else:
         verdict, why = "partly reproduced", "some seeds specialize fully, but the rate's interval excludes 7/10"
-    return _entry([main], numbers, verdict, f"{k} of {n} seeds fully specialized ({_count(k, n)}); {why}.")
+    note = f"{k} of {n} seeds fully specialized ({_count(k, n)}); {why}." + _why_short(paths_)
+    return _entry([main], numbers, verdict, note)
+
+
+def assignment_path(ev: dict) -> dict:
+    """How one seed's assignment (each mechanism's most frequent winner, per evaluation) evolved.
+
+    settled: the first evaluated iteration from which no mechanism changes expert again;
+    idle_at_end: {expert: first iteration from which it held no mechanism through the end};
+    recruited: {expert: last iteration, after the first evaluation (AII), at which it held no mechanism}
+    for experts that hold one at the end. Algorithm 1 trains only each digit's winner, so an expert
+    holding no mechanism is trained on few digits: whether such experts stay idle or get recruited is
+    what separates a seed that specializes fully from one where an expert holds two mechanisms."""
+    its = [int(s["iteration"]) for s in ev["steps"]]
+    tops = [np.asarray(s["win_matrix"]).argmax(axis=1) for s in ev["steps"]]
+    n_experts = len(ev["steps"][0]["win_matrix"][0])
+    settled = its[-1]
+    for i in range(len(tops) - 1, -1, -1):
+        if not np.array_equal(tops[i], tops[-1]):
+            break
+        settled = its[i]
+    holds = [set(int(e) for e in t) for t in tops]
+    idle, recruited = {}, {}
+    for e in range(n_experts):
+        if e not in holds[-1]:
+            since = len(holds) - 1
+            while since > 0 and e not in holds[since - 1]:
+                since -= 1
+            idle[e] = its[since]
+        else:
+            without = [its[i] for i in range(1, len(holds)) if e not in holds[i]]
+            if without:
+                recruited[e] = max(without)
+    return {"seed": int(ev["seed"]), "settled": settled, "idle_at_end": idle, "recruited": recruited}
+
+
+def _idle_text(paths_: list[dict]) -> str:
+    """"seed 0: expert 4 (none since iteration 100); seed 2: expert 6 (none since iteration 0)"."""
+    return "; ".join(f"seed {p['seed']}: " + ", ".join(f"expert {e} (none since iteration {it})"
+                                                      for e, it in sorted(p["idle_at_end"].items()))
+                     for p in paths_ if p["idle_at_end"])
+
+
+def _why_short(paths_: list[dict]) -> str:
+    """One sentence from the assignment paths on how seeds fall short (empty without evaluations)."""
+    if not paths_:
+        return ""
+    last = max(int(p["settled"]) for p in paths_)
+    text = f" The winners stop changing by iteration {last} in every seed"
+    late = [max(p["recruited"].values()) for p in paths_ if p["recruited"]]
+    if late:
+        text += (f"; experts that held no mechanism after AII take one later in {len(late)} of {len(paths_)} "
+                 f"seeds (the latest held none until iteration {max(late)})")
+    idle = [min(p["idle_at_end"].values()) for p in paths_ if p["idle_at_end"]]
+    if idle:
+        text += (f"; {len(idle)} seed(s) keep an expert without a mechanism from iteration {max(idle)} or "
+                 f"earlier to the end, and Algorithm 1 trains only winners")
+    return text + "."
+
 
 
 def _shared(runs: list[dict]) -> str:
