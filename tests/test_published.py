@@ -126,7 +126,8 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 @pytest.mark.parametrize("snapshot", CAMPAIGNS, ids=lambda p: p.name)
 def test_readme_published_numbers_equal_the_snapshot(snapshot):
     """README's "Published results" is written by hand; every number in its per-seed table, the count
-    of seeds and the classifier's accuracies must equal the snapshot's own files."""
+    of seeds and the classifier's accuracies must equal the snapshot's own files; once the campaign is
+    complete, its headline (licm-c1, c2, c9: verdicts and numbers) must equal the snapshot's summary.json."""
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Published results"):]
     section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
@@ -146,3 +147,13 @@ def test_readme_published_numbers_equal_the_snapshot(snapshot):
         assert meta["git_commit"].startswith(row[6]), row[0]
         transformed, original = f"{100 * ev['accuracy_transformed']:.2f} %", f"{100 * ev['accuracy_original']:.2f} %"
         assert f"{transformed} of the transformed test digits and {original} of the originals" in section
+    summary_file = snapshot / "summary.json"
+    if summary_file.is_file():      # the campaign is complete: the headline must equal the report's summary
+        summary = json.loads(summary_file.read_text())
+        for claim in ("licm-c1", "licm-c2", "licm-c9"):
+            assert summary[claim]["verdict"] not in ("reduced scale", "not run"), claim
+            assert f"**{claim}**: {summary[claim]['verdict']}" in section, claim
+        c1, c2, c9 = (summary[c]["numbers"] for c in ("licm-c1", "licm-c2", "licm-c9"))
+        assert c1["fully specialized seeds"] in section
+        assert c2["experts at the end"] in section and c2["experts after AII (paper ~40%)"] in section
+        assert f"{c9['mechanisms restored on Omniglot']} mechanisms" in section
