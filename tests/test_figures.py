@@ -69,7 +69,9 @@ def eval_json(iterations: list[int], experts: list[float], transformed: float, o
     """A `licm evaluate` result with the fields figures read."""
     return {"mechanisms": DOMAINS["paper"], "experts": 3, "examples": 48, "accuracy_transformed": transformed,
             "accuracy_original": original,
-            "steps": [{"iteration": i, "accuracy_experts": a} for i, a in zip(iterations, experts)]}
+            "steps": [{"iteration": i, "accuracy_experts": a,
+                       "win_matrix": np.eye(3)[[min(k, m % 3) for m in range(10)]].tolist()}
+                      for k, (i, a) in enumerate(zip(iterations, experts))]}
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +173,13 @@ def test_accuracy_curves_on_common_iterations():
 def _expert_formula(w: int, hidden: int) -> int:
     """Parameters of an expert counted by hand: bias-free convs followed by BN (2 per channel), last conv with bias."""
     return (9 * w + 2 * w) + hidden * (9 * w * w + 2 * w) + (9 * w + 1)
+
+
+def test_experts_holding_counts_the_distinct_most_frequent_winners():
+    ev = eval_json([0, 2, 4], [0.4, 0.5, 0.6], 0.4, 0.99)     # step k: experts 0..k hold the mechanisms
+    assert figures.experts_holding(ev) == ([0, 2, 4], [1, 2, 3])
+    ev["steps"][1]["win_matrix"][9] = [0.2, 0.3, 0.5]          # mechanism 9 now won mostly by expert 2
+    assert figures.experts_holding(ev)[1] == [1, 3, 3]
 
 
 @pytest.mark.parametrize("profile", ["paper", "smoke"])

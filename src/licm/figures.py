@@ -83,7 +83,7 @@ DESCRIPTIONS = {
     "licm-fig5": "Proportion of test digits won by each expert for each mechanism: after approximate identity "
                  "initialization and after 1000 iterations.",
     "licm-fig6": "Accuracy of a pretrained MNIST classifier over iterations on transformed test digits, "
-                 "the winning experts' outputs and the original digits.",
+                 "the winning experts' outputs and the original digits; (b) how many experts hold a mechanism, per seed.",
     "licm-fig9": "Proportion of data won by each expert per mechanism with 16 experts (left) and 6 experts (right).",
     "licm-table1": "Architectures of expert and discriminator, generated from the model code, with parameter counts.",
     "expand-fig3": "Discriminator architecture diagram, generated from the model code.",
@@ -614,15 +614,16 @@ def fig_accuracy(ctx: Context, fig_id: str = "licm-fig6", experiment: str = "mai
     mean bold), with the accuracy on the transformed digits and on the originals as dashed levels."""
     rs = ctx.runset(experiment)
     seeds = sorted(rs.metrics)
-    evals = [json.loads(f.read_text()) for f in (ctx.eval_dir / experiment / f"seed{s}.json" for s in seeds)
-             if f.is_file()]
+    files = {s: ctx.eval_dir / experiment / f"seed{s}.json" for s in seeds}
+    evaluated = [s for s in seeds if files[s].is_file()]
+    evals = [json.loads(files[s].read_text()) for s in evaluated]
     if not evals:
         raise MissingArtifact(experiment, f"no evaluation in {ctx.eval_dir / experiment} (seed<K>.json)",
                               f"`licm evaluate --run {ctx.runs_dir / experiment}/seed{seeds[0]} "
                               f"--out {ctx.eval_dir / experiment}/seed{seeds[0]}.json` for each seed")
     acc = accuracy_curves(evals)
     its = acc["iterations"]
-    fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
+    fig, (ax, ax_b) = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained", width_ratios=[1.25, 1])
     for row in acc["experts"]:
         ax.plot(its, row, color="tab:blue", lw=0.7, alpha=0.35)
     ax.plot(its, acc["experts"].mean(axis=0), color="tab:blue", lw=2.2, marker="o", ms=3,
@@ -637,9 +638,40 @@ def fig_accuracy(ctx: Context, fig_id: str = "licm-fig6", experiment: str = "mai
     ax.set_ylabel("classifier accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"Accuracy of the pretrained MNIST classifier over iterations\n{experiment}: mean of "
+    ax.set_title(f"(a) Accuracy of the pretrained MNIST classifier over iterations\n{experiment}: mean of "
                  f"{len(evals)} seed(s), profile {rs.profile}, {evals[0]['examples']} test digits each", fontsize=9.5)
+    draw_holding(ax_b, evals, [bool(rs.metrics[s]["fully_specialized"]) for s in evaluated])
     return save(fig, ctx.out(fig_id), ctx.dpi)
+
+
+def experts_holding(evaluation: dict) -> tuple[list[int], list[int]]:
+    """Per evaluated iteration, how many experts hold a mechanism (are its most frequent winner)."""
+    return ([int(s["iteration"]) for s in evaluation["steps"]],
+            [len(set(np.asarray(s["win_matrix"]).argmax(axis=1).tolist())) for s in evaluation["steps"]])
+
+
+def draw_holding(ax, evals: list[dict], fully: list[bool]) -> None:
+    """Beyond LICM Fig. 6: how many experts hold a mechanism (win the most of its test digits) at each
+    evaluation, one line per seed. Algorithm 1 trains only winners, so whether an expert holding none
+    is recruited later is what separates the seeds that specialize fully (licm-c1's note)."""
+    n_experts = len(evals[0]["steps"][0]["win_matrix"][0])
+    for i, (ev, ok) in enumerate(zip(evals, fully)):
+        its, held = experts_holding(ev)
+        offset = 0.12 * (i - (len(evals) - 1) / 2) / max(1, len(evals) - 1)   # keeps equal lines apart
+        ax.step(its, np.asarray(held) + offset, where="post", lw=1.3, color="tab:green" if ok else "tab:red",
+                alpha=0.8)
+    for ok, label in ((True, "fully specialized at the end"), (False, "not fully specialized")):
+        k = sum(f == ok for f in fully)
+        ax.plot([], [], color="tab:green" if ok else "tab:red", label=f"{label} ({k} seed(s))")
+    ax.set_ylim(0, n_experts + 0.6)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"experts holding a mechanism (of {n_experts})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("(b) Beyond the paper: experts holding at least one mechanism, one line per seed\n"
+                 "(Algorithm 1 trains only winners, so an expert holding none is rarely trained)", fontsize=9.5)
 
 
 def fig_experts_count(ctx: Context, fig_id: str = "licm-fig9") -> Path:
