@@ -136,7 +136,7 @@ def _why_short(paths_: list[dict]) -> str:
     if not paths_:
         return ""
     last = max(int(p["settled"]) for p in paths_)
-    text = f" The winners stop changing by iteration {last} in every seed"
+    text = f" The winners stop changing by iteration {last} in {'every' if len(paths_) > 1 else 'the'} seed"
     late = [max(p["recruited"].values()) for p in paths_ if p["recruited"]]
     if late:
         text += (f"; experts that held no mechanism after AII take one later in {len(late)} of {len(paths_)} "
@@ -146,7 +146,6 @@ def _why_short(paths_: list[dict]) -> str:
         text += (f"; {len(idle)} seed(s) keep an expert without a mechanism from iteration {max(idle)} or "
                  f"earlier to the end, and Algorithm 1 trains only winners")
     return text + "."
-
 
 
 def _shared(runs: list[dict]) -> str:
