@@ -121,7 +121,7 @@ def assignment_path(ev: dict) -> dict:
             without = [its[i] for i in range(1, len(holds)) if e not in holds[i]]
             if without:
                 recruited[e] = max(without)
-    return {"seed": int(ev["seed"]), "settled": settled, "idle_at_end": idle, "recruited": recruited}
+    return {"seed": ev.get("seed"), "settled": settled, "idle_at_end": idle, "recruited": recruited}
 
 
 def _idle_text(paths_: list[dict]) -> str:
