@@ -24,6 +24,7 @@ import numpy as np
 
 from licm import config, data, paths
 from licm.data import read_json
+from licm.omniglot import assignment_from_win_matrix
 from licm.runs import Experiment
 from licm.stats import REDUCED, binomial_interval, pct
 
@@ -102,14 +103,14 @@ def assignment_path(ev: dict) -> dict:
     holding no mechanism is trained on few digits: whether such experts stay idle or get recruited is
     what separates a seed that specializes fully from one where an expert holds two mechanisms."""
     its = [int(s["iteration"]) for s in ev["steps"]]
-    tops = [np.asarray(s["win_matrix"]).argmax(axis=1) for s in ev["steps"]]
+    tops = [assignment_from_win_matrix(s["win_matrix"]) for s in ev["steps"]]
     n_experts = len(ev["steps"][0]["win_matrix"][0])
     settled = its[-1]
     for i in range(len(tops) - 1, -1, -1):
-        if not np.array_equal(tops[i], tops[-1]):
+        if tops[i] != tops[-1]:
             break
         settled = its[i]
-    holds = [set(int(e) for e in t) for t in tops]
+    holds = [set(t) for t in tops]
     idle, recruited = {}, {}
     for e in range(n_experts):
         if e not in holds[-1]:
