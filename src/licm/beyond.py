@@ -68,11 +68,6 @@ def shown_run(runs_dir: Path, experiment: str) -> tuple[Path, str]:
                                  f"({metrics[best].get('distinct_winners')}); no seed fully specialized")
 
 
-def assignment(metrics: dict) -> list[int]:
-    """Mechanism -> expert: the expert winning the largest share of each mechanism (the run's win matrix)."""
-    return [int(e) for e in np.asarray(metrics["win_matrix"]).argmax(axis=1)]
-
-
 def plain_experts(committee) -> list:
     """The committee of one seed as plain licm.models.Expert modules (the inverse of Committee.copy_from),
     so that each conv's input maps can be read with a hook."""

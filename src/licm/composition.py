@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from licm import config, data, mechanisms
-from licm.beyond import assignment, chosen_run, plain_experts, rounded, save_figure, write_not_run
+from licm.beyond import chosen_run, plain_experts, rounded, save_figure, write_not_run
+from licm.specialization import assignment
 
 FIGURES = ("cmp-pairs", "cmp-matrix")
 DIRECTIONS = {f"translate_{k}": v for k, v in mechanisms._DIRECTIONS.items()}
@@ -331,7 +332,7 @@ def analyze(run_dir: Path, params: dict, classifier_path: Path) -> tuple[dict, d
     run = RunDir(run_dir)
     run_params, metrics = run.params(), run.metrics()
     names, mech = metrics["mechanisms"], run_params["mechanisms"]
-    assigned = assignment(metrics)
+    assigned = assignment(metrics["win_matrix"])
     originals, labels = mnist_padded(run_params, train=False)
     rng = np.random.default_rng(c["seed"])
     n_max = max(c["pair_digits"], c["triple_digits"], c["matrix_digits"])

@@ -25,8 +25,8 @@ import numpy as np
 
 from licm import config, data, fidelity, paths, plot, runs, stats
 from licm.plot import digit, frame, plt, save
-from licm.omniglot import assignment_from_win_matrix
 from licm.runs import MissingArtifact, RunSet, load_evaluation, load_runset, run_dir
+from licm.specialization import assignment
 
 
 def one_per_mechanism(split: dict[str, np.ndarray], n_mechanisms: int, seed: int) -> list[int]:
@@ -648,7 +648,7 @@ def fig_accuracy(ctx: Context, fig_id: str = "licm-fig6", experiment: str = "mai
 def experts_holding(evaluation: dict) -> tuple[list[int], list[int]]:
     """Per evaluated iteration, how many experts hold a mechanism (are its most frequent winner)."""
     return ([int(s["iteration"]) for s in evaluation["steps"]],
-            [len(set(assignment_from_win_matrix(s["win_matrix"]))) for s in evaluation["steps"]])
+            [len(set(assignment(s["win_matrix"]))) for s in evaluation["steps"]])
 
 
 def draw_holding(ax, evals: list[dict], fully: list[bool]) -> None:

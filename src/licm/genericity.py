@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from licm import bsv_toys, config, data, spectral, stats
-from licm.beyond import assignment, chosen_run, plain_experts, rounded, save_figure, write_not_run
+from licm.beyond import chosen_run, plain_experts, rounded, save_figure, write_not_run
+from licm.specialization import assignment
 
 FIGURES = ("bsv-io", "bsv-fig5", "bsv-fig2", "bsv-fig3")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -216,7 +217,7 @@ def analyze(run_dir: Path, params: dict) -> dict:
     run = RunDir(run_dir)
     run_params, metrics = run.params(), run.metrics()
     names = metrics["mechanisms"]
-    assigned = assignment(metrics)
+    assigned = assignment(metrics["win_matrix"])
     test = test_digits(run_params)
     t0 = time.perf_counter()
     table = mechanism_table(test, names, g["mechanism_digits"])

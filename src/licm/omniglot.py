@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from licm import config, data, mechanisms, paths, plot
+from licm import config, data, mechanisms, paths, plot, specialization
 from licm.config import LicmError
 from licm.plot import off, plt, save
 
@@ -142,11 +142,6 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-def assignment_from_win_matrix(matrix) -> list[int]:
-    """Mechanism -> expert: the expert winning the largest share of each mechanism's digits."""
-    return [int(e) for e in np.asarray(matrix).argmax(axis=1)]
-
-
 def run_assignment(run_dir: str | Path, names: list[str]) -> list[int]:
     """The assignment of a run, from the win matrix in its metrics.json (rows follow its mechanisms)."""
     from licm.rundir import RunDir
@@ -157,7 +152,7 @@ def run_assignment(run_dir: str | Path, names: list[str]) -> list[int]:
         raise LicmError(f"{path}: missing, so no win matrix to assign experts to mechanisms. "
                         "Fix: let `licm train` finish the run")
     run_names = metrics.get("mechanisms", names)
-    top = assignment_from_win_matrix(metrics["win_matrix"])
+    top = specialization.assignment(metrics["win_matrix"])
     missing = [n for n in names if n not in run_names]
     if missing:
         raise LicmError(f"{path}: the run was not trained on mechanisms {missing}")

@@ -15,6 +15,11 @@ def matrix_from_winners(winners, mechanisms, n_mechanisms: int, n_experts: int) 
     return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
 
+def assignment(matrix) -> list[int]:
+    """Mechanism -> expert: the expert winning the largest share of each mechanism's digits."""
+    return [int(e) for e in np.asarray(matrix).argmax(axis=1)]
+
+
 def specialization(matrix: np.ndarray) -> dict:
     """Summary of a win matrix [n_mechanisms, N'].
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from licm import config, data, paths
 from licm.data import read_json
-from licm.omniglot import assignment_from_win_matrix
 from licm.runs import Experiment
+from licm.specialization import assignment
 from licm.stats import REDUCED, binomial_interval, pct
 
 # Entries of summary.json that are not claims: the follow-up question and the fidelity study (licm.fidelity).
@@ -103,7 +103,7 @@ def assignment_path(ev: dict) -> dict:
     holding no mechanism is trained on few digits: whether such experts stay idle or get recruited is
     what separates a seed that specializes fully from one where an expert holds two mechanisms."""
     its = [int(s["iteration"]) for s in ev["steps"]]
-    tops = [assignment_from_win_matrix(s["win_matrix"]) for s in ev["steps"]]
+    tops = [assignment(s["win_matrix"]) for s in ev["steps"]]
     n_experts = len(ev["steps"][0]["win_matrix"][0])
     settled = its[-1]
     for i in range(len(tops) - 1, -1, -1):
