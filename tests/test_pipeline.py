@@ -300,6 +300,8 @@ def test_campaign_snapshot_completes_thins_and_keeps_its_budget(repo, tmp_path):
     assert (snap / "classifier/classifier.pt").read_bytes() == clf and (snap / "classifier/metrics.json").is_file()
     readme = " ".join((snap / "README.md").read_text().split())
     assert (snap / "report/index.html").is_file() and "(seed 0)" in readme
+    for name in ("composition/composition.json", "independence/independence.json", "genericity/genericity.json"):
+        assert (snap / name).read_bytes() == (repo / "results" / name).read_bytes(), name
     assert "Seed 1: an attempt was killed before" in readme and "lower bound" in readme
     assert f'licm.load_run("{snap.parent.name}/snap/runs/main/seed<K>")' in readme    # a path, not a placeholder
     shown, other = RunDir(snap / "runs/main/seed0"), RunDir(snap / "runs/main/seed1")

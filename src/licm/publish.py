@@ -64,10 +64,12 @@ def pin_classifier(classifier_dir: Path, snapshot: Path) -> None:
 
 
 def _copy_results(root: Path, out: Path) -> None:
-    """The report (with its figures), the summary, Omniglot's numbers, the per-experiment
-    metrics, the runner's record (wall time per job), the benchmark JSON and the params used."""
+    """The report (with its figures), the summary, Omniglot's numbers, the analyses beyond the papers
+    (composition, independence, genericity: the numbers behind the report's section, ~0.3 MB), the
+    per-experiment metrics, the runner's record (wall time per job), the benchmark JSON and the params used."""
     res = root / "results"
-    for name in ("summary.json", "omniglot/restoration.json"):
+    beyond = [paths.result(f"{a}_json", "") for a in ("composition", "independence", "genericity")]
+    for name in ("summary.json", "omniglot/restoration.json", *beyond):
         if (res / name).is_file():
             _copy(res / name, out / name)
     shutil.copytree(res / "report", out / "report")
@@ -196,6 +198,8 @@ durations added up, the pauses between working sessions not counted).{bounds}
   `history.csv.gz` and `evaluation/`.
 - `eval/{experiment}/seed<K>.json`: win matrices and classifier accuracies at every evaluation;
   `classifier/classifier.pt`: the classifier that scored them.
+- `omniglot/restoration.json`, `composition/`, `independence/`, `genericity/`: the numbers behind the
+  report's Omniglot and "Beyond the papers" sections.
 
 Thinned to stay within its budget of {index["budget_bytes"] / 1e6:.0f} MB (a full run folder is ~70 MB): no
 optimizer state in the checkpoints (training cannot resume from them; `licm.load_run` needs none);
