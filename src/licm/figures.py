@@ -470,7 +470,7 @@ def fig_setup(ctx: Context, fig_id: str = "licm-fig1", experiment: str = "main")
     q_rows = one_per_mechanism(test, M, ctx.seed)
     inputs = test["images"][q_rows]
     outputs, _ = forward_scores(experts, disc, inputs)
-    top = matrix.argmax(axis=1)
+    top = assignment(matrix)
     fig, axes = _grid(3, M, 1.05 * M + 1.6, 4.6)
     for k in range(M):
         digit(axes[0, k], canonical["images"][p_rows[k]])
@@ -550,7 +550,7 @@ def fig_scores(ctx: Context, fig_id: str, experiment: str, what: str) -> Path:
     history = run_dir(folder, experiment, "history").history()
     window = setting(ctx.params, "moving_average")
     curves = score_curves(history, names, N, window)
-    top = np.asarray(rs.metrics[seed]["win_matrix"]).argmax(axis=1)
+    top = assignment(rs.metrics[seed]["win_matrix"])
     M = len(names)
     ncols = min(M, 5 if M <= 10 else 6)
     nrows = -(-M // ncols)

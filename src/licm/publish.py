@@ -68,10 +68,9 @@ def _copy_results(root: Path, out: Path) -> None:
     (composition, independence, genericity: the numbers behind the report's section, ~0.3 MB), the
     per-experiment metrics, the runner's record (wall time per job), the benchmark JSON and the params used."""
     res = root / "results"
-    beyond = [paths.result(f"{a}_json", "") for a in ("composition", "independence", "genericity")]
-    for name in ("summary.json", "omniglot/restoration.json", *beyond):
-        if (res / name).is_file():
-            _copy(res / name, out / name)
+    for kind in ("summary", "restoration", "composition_json", "independence_json", "genericity_json"):
+        if (res / paths.TEMPLATES[kind]).is_file():
+            _copy(res / paths.TEMPLATES[kind], out / paths.TEMPLATES[kind])
     shutil.copytree(res / "report", out / "report")
     for p in sorted((res / "metrics").glob("*.json")):
         _copy(p, out / "metrics" / p.name)

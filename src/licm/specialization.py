@@ -29,7 +29,7 @@ def specialization(matrix: np.ndarray) -> dict:
     fully_specialized: every mechanism's top expert is different from every other's.
     """
     matrix = np.asarray(matrix)
-    top = matrix.argmax(axis=1)
+    top = assignment(matrix)
     share = matrix.max(axis=1)
     values, counts = np.unique(top, return_counts=True)
     times_top = dict(zip(values.tolist(), counts.tolist()))
